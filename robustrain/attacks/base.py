@@ -1,0 +1,183 @@
+"""What every attack shares: the result it returns, the guard that leaves the model untouched, and the
+input-gradient step.
+
+Contract (design.md): an attack takes the model on every call, takes gradients with respect to the
+perturbation only (parameters are frozen for the duration, so the backward pass does no weight-gradient
+work), and restores model mode, BatchNorm statistics, parameter ``.grad`` and ``requires_grad`` in
+``finally``, also when the model raises.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..threat import ThreatModel
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+"""(logits, labels) -> per-example loss of shape (B,)."""
+
+BN_MODES = ("eval", "train")
+
+
+def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
+    """Per-example cross-entropy, computed in fp32."""
+    return F.cross_entropy(logits.float(), y, reduction="none")
+
+
+@dataclass
+class AttackResult:
+    """The adversarial input and what regularisers need from the attack, all detached.
+
+    Attributes:
+        x_adv: adversarial input, in [0,1], dtype of the clean input.
+        delta: the perturbation ``x_adv - x`` in fp32.
+        x_init: the starting point ``x + delta_0`` of the attack.
+        logits_init: model logits at ``x_init`` (from the attack's own forward pass).
+        loss_init: per-example loss at ``x_init``.
+        grad_init: input gradient of the summed loss at ``x_init``.
+        loss_adv: per-example loss at ``x_adv`` when the attack evaluated it (keep-best PGD), else None.
+    """
+
+    x_adv: Tensor
+    delta: Tensor
+    x_init: Tensor
+    logits_init: Tensor | None = None
+    loss_init: Tensor | None = None
+    grad_init: Tensor | None = None
+    loss_adv: Tensor | None = None
+
+
+def _norm_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if getattr(m, "track_running_stats", False)]
+
+
+@contextlib.contextmanager
+def attack_guard(model: nn.Module, bn_mode: str = "eval") -> Iterator[None]:
+    """Run an attack on ``model`` without changing it.
+
+    Inside the block, parameters do not require grad and the model is in eval mode
+    (``bn_mode="eval"``) or in train mode with BatchNorm using batch statistics but not updating its
+    running statistics (``bn_mode="train"``, the recipe of Wong et al. and Rice et al.). On exit, even
+    through an exception, every module's mode, every parameter's ``requires_grad`` and ``.grad`` and
+    every norm layer's ``track_running_stats`` flag are as they were.
+    """
+    if bn_mode not in BN_MODES:
+        raise ConfigError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}.")
+    modes = [(m, m.training) for m in model.modules()]
+    params = list(model.parameters())
+    flags = [(p, p.requires_grad, p.grad) for p in params]
+    norms = _norm_layers(model)
+    try:
+        model.train(bn_mode == "train")
+        if bn_mode == "train":
+            for m in norms:
+                m.track_running_stats = False  # batch statistics, running buffers left alone
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True
+        for m, training in modes:
+            m.training = training
+        for p, req, grad in flags:
+            p.requires_grad_(req)
+            p.grad = grad
+
+
+def check_inputs(x: Tensor, y: Tensor) -> None:
+    """Raise a clear error when inputs are not a batch of images in [0,1] with matching labels."""
+    if not torch.is_floating_point(x):
+        raise TypeError(f"attack inputs must be floating point images in [0,1], got dtype {x.dtype}.")
+    if x.dim() < 2 or y.dim() != 1 or x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"expected images of shape (B, ...) and labels of shape (B,), got {tuple(x.shape)} and "
+            f"{tuple(y.shape)}."
+        )
+    lo, hi = torch.aminmax(x.detach())
+    if lo.item() < 0.0 or hi.item() > 1.0:
+        raise ValueError(
+            f"attack inputs must lie in [0,1] (normalisation belongs inside the model), got values in "
+            f"[{lo.item():.4g}, {hi.item():.4g}]."
+        )
+
+
+class Attack:
+    """Base class: subclasses implement :meth:`run`; :meth:`__call__` adds the guard and the checks.
+
+    Args:
+        threat: the feasible set (ball ∩ box).
+        loss_fn: per-example loss to ascend; cross-entropy by default.
+        bn_mode: "eval" (evaluation and TRADES-style training attacks) or "train" (Wong / Rice training
+            attacks: batch statistics, running statistics untouched).
+        amp_dtype: autocast dtype for the model's forward (e.g. torch.bfloat16); the perturbation and
+            its update stay fp32.
+    """
+
+    name = "attack"
+
+    def __init__(
+        self,
+        threat: ThreatModel,
+        *,
+        loss_fn: LossFn | None = None,
+        bn_mode: str = "eval",
+        amp_dtype: torch.dtype | None = None,
+    ):
+        if bn_mode not in BN_MODES:
+            raise ConfigError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}.")
+        self.threat = threat
+        self.loss_fn: LossFn = loss_fn or cross_entropy
+        self.bn_mode = bn_mode
+        self.amp_dtype = amp_dtype
+
+    @property
+    def max_norm(self) -> float:
+        """Radius of the ball every output lies in (ε, except for attacks that do not project)."""
+        return self.threat.eps
+
+    def __repr__(self) -> str:
+        skip = {"threat", "loss_fn"}
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k not in skip)
+        return f"{type(self).__name__}({self.threat!r}, {args})"
+
+    def __call__(
+        self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None
+    ) -> AttackResult:
+        check_inputs(x, y)
+        x = x.detach()
+        with attack_guard(model, self.bn_mode):
+            return self.run(model, x, y, generator)
+
+    def run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> AttackResult:
+        raise NotImplementedError
+
+    # -- shared steps -------------------------------------------------------------------------------
+    def _autocast(self, x: Tensor) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=x.device.type, dtype=self.amp_dtype)
+
+    def forward(self, model: nn.Module, x: Tensor, delta: Tensor) -> Tensor:
+        """Logits at ``x + delta`` (fp32 sum, model dtype under autocast)."""
+        with self._autocast(x):
+            return model((x + delta).to(x.dtype))
+
+    def input_gradient(
+        self, model: nn.Module, x: Tensor, delta: Tensor, y: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Gradient of the summed per-example loss with respect to ``delta`` only.
+
+        Returns (grad, logits, per-example loss), the last two detached.
+        """
+        delta = delta.detach().requires_grad_(True)
+        logits = self.forward(model, x, delta)
+        loss = self.loss_fn(logits, y)
+        (grad,) = torch.autograd.grad(loss.sum(), delta)
+        return grad, logits.detach(), loss.detach()

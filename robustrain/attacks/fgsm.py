@@ -1,0 +1,76 @@
+"""FGSM (Goodfellow et al. 2015): one signed-gradient step from the clean point.
+
+The single-step family (FGSM, FGSM-RS, N-FGSM) differs only in the start point, the step size and
+whether the result is projected back onto the ε-ball; :class:`FGSM` holds that one step and the two
+presets in ``fgsm_rs.py`` and ``nfgsm.py`` set its options.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..threat import ThreatModel, clip_to_box
+from .base import Attack, AttackResult
+
+
+class FGSM(Attack):
+    """One ascent step ``δ = δ₀ + α·dir(∇_δ ℓ(x+δ₀))``, then optional projection and the box clip.
+
+    Args:
+        threat: the threat model (L∞ or L2 ball ∩ [0,1] box).
+        step: step size α in input units; default ``step_ratio · ε``.
+        init_scale: radius of the uniform random start in units of ε (0 = start at the clean point,
+            1 = FGSM-RS, k = N-FGSM).
+        project: project onto the ε-ball after the step (N-FGSM does not).
+        **kwargs: ``loss_fn``, ``bn_mode``, ``amp_dtype`` of :class:`Attack`.
+    """
+
+    name = "fgsm"
+    default_step_ratio = 1.0
+    default_init_scale = 0.0
+    default_project = True
+
+    def __init__(
+        self,
+        threat: ThreatModel,
+        *,
+        step: float | None = None,
+        init_scale: float | None = None,
+        project: bool | None = None,
+        **kwargs,
+    ):
+        super().__init__(threat, **kwargs)
+        self.step = float(self.default_step_ratio * threat.eps if step is None else step)
+        self.init_scale = float(self.default_init_scale if init_scale is None else init_scale)
+        self.project = self.default_project if project is None else bool(project)
+        if self.step < 0 or self.init_scale < 0:
+            raise ConfigError(
+                f"{self.name}: step and init_scale must be >= 0, got step={self.step}, "
+                f"init_scale={self.init_scale}."
+            )
+
+    @property
+    def max_norm(self) -> float:
+        if self.project:
+            return self.threat.eps
+        return self.init_scale * self.threat.eps + self.step
+
+    def run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> AttackResult:
+        if self.init_scale > 0:
+            delta0 = self.threat.random_init(x, generator, scale=self.init_scale)
+        else:
+            delta0 = torch.zeros_like(x, dtype=torch.float32)
+        grad, logits0, loss0 = self.input_gradient(model, x, delta0, y)
+        delta = delta0 + self.step * self.threat.ascent_direction(grad)
+        if self.project:
+            delta = self.threat.project(delta)
+        delta = clip_to_box(x.float(), delta)
+        return AttackResult(
+            x_adv=(x + delta).to(x.dtype),
+            delta=delta,
+            x_init=(x + delta0).to(x.dtype),
+            logits_init=logits0,
+            loss_init=loss0,
+            grad_init=grad,
+        )

@@ -1,0 +1,318 @@
+"""Typed, validated configuration: dataclasses are the schema, YAML files and ``key=value`` overrides
+fill them.
+
+Rules: an unknown key names the closest valid one; values are converted to the field's type (numbers
+may be written as fractions such as ``8/255``, never evaluated as code); an L∞ radius above 1 is rejected
+with a hint about /255; the attack sections are checked against the attack's own arguments.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, closest
+
+
+def _attack_field(**defaults: Any) -> Any:
+    return field(default_factory=lambda: dict(defaults))
+
+
+@dataclass
+class DataConfig:
+    """Dataset and loaders. ``root`` is where the files are (torchvision layouts, CIFAR-10 binary, MNIST
+    .gz); digits needs none. ``val_size`` images are held out of the training set for validation."""
+
+    name: str = "digits"
+    root: str | None = None
+    download: bool = False
+    val_size: int = 200
+    batch_size: int = 128
+    eval_batch_size: int = 500
+    augment: str | None = None
+    train_subset: int | None = None
+    device: str = "auto"
+
+
+@dataclass
+class ModelConfig:
+    """Architecture by registry name (``preact_resnet18``, ``wrn28_10``, ``small_cnn``, ``timm:<name>``
+    ...) and its keyword arguments."""
+
+    name: str = "small_cnn"
+    kwargs: dict = field(default_factory=dict)
+    channels_last: bool = False
+
+
+@dataclass
+class ThreatConfig:
+    """The ball the attacks live in: ``norm`` linf or l2, radius ``eps`` in [0,1] pixel units."""
+
+    norm: str = "linf"
+    eps: float = 8 / 255
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.2
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class ScheduleConfig:
+    """Per-iteration learning-rate schedule: constant, cyclic (0 → lr → 0, peak at ``peak``), multistep
+    (×``gamma`` at epochs ``milestones``) or cosine."""
+
+    name: str = "cyclic"
+    peak: float = 0.5
+    milestones: list = field(default_factory=list)
+    gamma: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 15
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None
+    amp: str | None = None
+    checkpoint_every: int = 0
+    log_every: int = 10
+    progress: bool = True
+
+
+@dataclass
+class ValidationConfig:
+    """Per-epoch validation on the held-out split (eval mode); the best checkpoint maximises ``select_on``."""
+
+    attack: dict = _attack_field(name="pgd", steps=10, restarts=1)
+    select_on: str = "val_robust_acc"
+
+
+@dataclass
+class EvalConfig:
+    """Test-set evaluation after training (and the defaults of ``robustrain eval``)."""
+
+    attack: dict = _attack_field(name="pgd", steps=50, restarts=10)
+    n_ex: int | None = None
+    batch_size: int = 500
+
+
+@dataclass
+class Config:
+    """A whole run. ``out_dir/name`` is the run folder."""
+
+    name: str = "run"
+    seed: int = 0
+    out_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    threat: ThreatConfig = field(default_factory=ThreatConfig)
+    attack: dict = _attack_field(name="fgsm_rs", bn_mode="train")
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# -- value conversion -----------------------------------------------------------------------------------
+def parse_number(value: Any, where: str) -> float:
+    """A float from a number or a fraction string such as ``"8/255"`` (parsed, never evaluated)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a number, got the boolean {value!r}.")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(Fraction(value.replace(" ", "")))
+        except (ValueError, ZeroDivisionError):
+            pass
+    raise ConfigError(f"{where}: expected a number such as 0.5 or a fraction such as 8/255, got {value!r}.")
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(value, args[0], where)
+    if tp is float:
+        return parse_number(value, where)
+    if tp is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}.")
+        return int(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}.")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}.")
+        return value
+    if tp is list or origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}.")
+        return list(value)
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}.")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    raise ConfigError(f"{where}: unsupported type {tp!r}")  # pragma: no cover
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping of keys, got {data!r}.")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            hint = closest(str(key), names)
+            raise ConfigError(
+                f"unknown config key {path!r}"
+                + (f"; did you mean {(where + '.' if where else '') + hint!r}?" if hint else ".")
+                + f" Valid keys{' of ' + where if where else ''}: {', '.join(names)}."
+            )
+        kwargs[key] = _convert(value, hints[key], path)
+    obj = cls()
+    for key, value in kwargs.items():
+        if isinstance(value, dict) and isinstance(getattr(obj, key), dict) and key == "attack":
+            value = {**value} if "name" in value else {**getattr(obj, key), **value}
+        setattr(obj, key, value)
+    return obj
+
+
+# -- validation -----------------------------------------------------------------------------------------
+def _check_radius(value: float, where: str, norm: str) -> None:
+    if value < 0:
+        raise ConfigError(f"{where} must be >= 0, got {value}.")
+    if norm == "linf" and value > 1:
+        raise ConfigError(
+            f"{where} = {value:g} is larger than the whole [0,1] pixel range; robustrain works on images in "
+            f"[0,1], so an L∞ radius of {value:g} pixel levels is written {value:g}/255 "
+            f"(= {value / 255:.6f}). Set {where}: {value:g}/255."
+        )
+
+
+def check_attack_section(section: dict, where: str, norm: str) -> None:
+    from .attacks import ATTACKS, attack_arguments
+
+    if "name" not in section:
+        raise ConfigError(f"{where} needs a 'name'; one of: {', '.join(sorted(ATTACKS))}.")
+    name = section["name"]
+    if name not in ATTACKS:
+        hint = closest(str(name), ATTACKS)
+        raise ConfigError(
+            f"{where}.name = {name!r} is not an attack; expected one of: {', '.join(sorted(ATTACKS))}."
+            + (f" Did you mean {hint!r}?" if hint else "")
+        )
+    valid = [a for a in attack_arguments(ATTACKS[name]) if a not in ("loss_fn", "amp_dtype")]
+    for key, value in section.items():
+        if key == "name":
+            continue
+        if key not in valid:
+            hint = closest(str(key), valid)
+            raise ConfigError(
+                f"unknown key {where + '.' + key!r} for attack {name!r}"
+                + (f"; did you mean {where + '.' + hint!r}?" if hint else ".")
+                + f" Valid keys: name, {', '.join(valid)}."
+            )
+        if key in ("step", "init_scale"):
+            if value is not None:
+                section[key] = parse_number(value, f"{where}.{key}")
+                if key == "step":
+                    _check_radius(section[key], f"{where}.{key}", norm)
+
+
+def validate(cfg: Config) -> Config:
+    """Cross-field checks; raises ConfigError with a fix for each problem."""
+    cfg.threat.norm = str(cfg.threat.norm).lower()
+    if cfg.threat.norm not in ("linf", "l2"):
+        hint = closest(cfg.threat.norm, ["linf", "l2"])
+        raise ConfigError(f"threat.norm = {cfg.threat.norm!r}; expected linf or l2." + (f" Did you mean {hint!r}?" if hint else ""))
+    _check_radius(cfg.threat.eps, "threat.eps", cfg.threat.norm)
+    for where in ("attack", "validation.attack", "eval.attack"):
+        section = cfg.attack if where == "attack" else getattr(cfg, where.split(".")[0]).attack
+        check_attack_section(section, where, cfg.threat.norm)
+    if cfg.train.epochs < 1:
+        raise ConfigError(f"train.epochs must be >= 1, got {cfg.train.epochs}.")
+    if cfg.data.batch_size < 1 or cfg.data.eval_batch_size < 1:
+        raise ConfigError("data.batch_size and data.eval_batch_size must be >= 1.")
+    if cfg.train.amp not in (None, "bf16", "fp16"):
+        raise ConfigError(f"train.amp = {cfg.train.amp!r}; expected null, bf16 or fp16.")
+    if cfg.optim.name not in ("sgd", "adam", "adamw"):
+        hint = closest(cfg.optim.name, ["sgd", "adam", "adamw"])
+        raise ConfigError(f"optim.name = {cfg.optim.name!r}; expected sgd, adam or adamw." + (f" Did you mean {hint!r}?" if hint else ""))
+    return cfg
+
+
+# -- loading --------------------------------------------------------------------------------------------
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"a.b=value"`` -> (["a", "b"], value parsed as YAML)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.subkey=value, e.g. train.epochs=3.")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({e}).") from e
+    return key.strip().split("."), value
+
+
+def merge_override(data: dict, keys: list[str], value: Any) -> None:
+    node = data
+    for k in keys[:-1]:
+        if not isinstance(node.get(k), dict):
+            node[k] = {}
+        node = node[k]
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML recipe (or the defaults when ``path`` is None), apply ``key=value`` overrides, validate."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist; recipes live in configs/ (e.g. configs/quickstart_digits.yaml).")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys, got {type(data).__name__}.")
+    for item in overrides:
+        keys, value = parse_override(item)
+        merge_override(data, keys, value)
+    return validate(_build(Config, data, ""))
+
+
+def to_dict(cfg: Config) -> dict:
+    """Plain data (for YAML, JSON and checkpoints)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict) -> Config:
+    return validate(_build(Config, data, ""))
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

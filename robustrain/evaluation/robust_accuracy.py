@@ -1,0 +1,90 @@
+"""Clean and robust accuracy, per example, with the model in eval mode."""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ..attacks import Attack
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every module in eval mode and restore each module's own mode afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+@dataclass
+class EvalResult:
+    """Per-example correctness under each attack; an example counts as robust to an attack only if it is
+    also classified correctly clean."""
+
+    correct: dict[str, Tensor] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def accuracy(self) -> dict[str, float]:
+        return {k: v.float().mean().item() for k, v in self.correct.items()}
+
+    @property
+    def n(self) -> int:
+        return next(iter(self.correct.values())).numel() if self.correct else 0
+
+
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    attacks: Mapping[str, Attack],
+    *,
+    generator: torch.Generator | None = None,
+    amp_dtype: torch.dtype | None = None,
+    max_batches: int | None = None,
+) -> EvalResult:
+    """Clean accuracy (key ``"clean"``) and accuracy under each attack in ``attacks`` on ``batches``.
+
+    Every adversarial batch is checked against the attack's threat model before it is scored.
+    """
+    device_type = next(model.parameters()).device.type
+
+    def autocast():
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device_type, dtype=amp_dtype)
+
+    flags: dict[str, list[Tensor]] = {"clean": [], **{name: [] for name in attacks}}
+    seconds = {name: 0.0 for name in flags}
+    with eval_mode(model):
+        for i, (x, y) in enumerate(batches):
+            if max_batches is not None and i >= max_batches:
+                break
+            t0 = time.perf_counter()
+            with torch.no_grad(), autocast():
+                clean = model(x).argmax(dim=1) == y
+            flags["clean"].append(clean.cpu())
+            seconds["clean"] += time.perf_counter() - t0
+            for name, attack in attacks.items():
+                t0 = time.perf_counter()
+                res = attack(model, x, y, generator=generator)
+                inside = attack.threat.contains(x, res.x_adv, radius=attack.max_norm, atol=1e-5)
+                if not bool(inside.all()):
+                    raise AssertionError(
+                        f"attack {name} returned {int((~inside).sum())} points outside its threat model "
+                        f"{attack.threat!r}; this is a bug in the attack."
+                    )
+                with torch.no_grad(), autocast():
+                    adv = model(res.x_adv).argmax(dim=1) == y
+                flags[name].append((adv & clean).cpu())
+                seconds[name] += time.perf_counter() - t0
+    return EvalResult(
+        correct={k: torch.cat(v) if v else torch.zeros(0, dtype=torch.bool) for k, v in flags.items()},
+        seconds=seconds,
+    )

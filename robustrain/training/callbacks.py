@@ -1,0 +1,150 @@
+"""Callbacks: the hook through which loggers, the checkpointer and (later) the overfitting monitor
+watch and steer the one training loop.
+
+A callback gets the trainer at each hook; it may request a stop (``trainer.should_stop = True``) but
+never runs its own loop. Stateful callbacks save their state with the checkpoint under ``state_key``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .trainer import Trainer
+
+
+class Callback:
+    """No-op hooks; override the ones you need."""
+
+    @property
+    def state_key(self) -> str:
+        return type(self).__name__
+
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        """Before the first batch (also after a resume)."""
+
+    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None:
+        """Before the first batch of an epoch."""
+
+    def on_batch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
+        """After each optimiser step; ``logs`` holds the step's losses, terms, lr and throughput."""
+
+    def on_validation_end(self, trainer: "Trainer", metrics: dict[str, float]) -> None:
+        """After the held-out validation of an epoch."""
+
+    def on_epoch_end(self, trainer: "Trainer", metrics: dict[str, float]) -> None:
+        """After validation; ``trainer.epoch`` already counts the finished epoch."""
+
+    def on_fit_end(self, trainer: "Trainer") -> None:
+        """After the last epoch or a requested stop."""
+
+    def on_exception(self, trainer: "Trainer", exc: BaseException) -> None:
+        """When training raises; the exception is re-raised afterwards."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+class JSONLLogger(Callback):
+    """Append one JSON line per logged step and per epoch to ``metrics.jsonl``."""
+
+    def __init__(self, path: str | Path, every: int = 10):
+        self.path = Path(path)
+        self.every = max(1, int(every))
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
+
+    def on_batch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
+        if trainer.step % self.every == 0 or trainer.step == 1:
+            self._write({"kind": "step", "epoch": trainer.epoch, "step": trainer.step, "time": time.time(), **logs})
+
+    def on_epoch_end(self, trainer: "Trainer", metrics: dict[str, float]) -> None:
+        self._write({"kind": "epoch", "epoch": trainer.epoch, "step": trainer.step, "time": time.time(), **metrics})
+
+
+class ProgressBar(Callback):
+    """A tqdm bar per epoch with the running loss, training robust accuracy and lr."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self._bar = None
+
+    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=trainer.steps_per_epoch, initial=trainer.batch_in_epoch,
+                         desc=f"epoch {epoch + 1}/{trainer.epochs}", leave=False, dynamic_ncols=True)
+
+    def on_batch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix(loss=f"{logs['loss']:.3f}", adv_acc=f"{logs['train_adv_acc']:.2f}",
+                                  lr=f"{logs['lr']:.3g}", refresh=False)
+
+    def on_epoch_end(self, trainer: "Trainer", metrics: dict[str, float]) -> None:
+        self._close()
+        if self.enabled:
+            shown = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith(("val_", "train_")))
+            print(f"epoch {trainer.epoch}/{trainer.epochs}  {shown}", flush=True)
+
+    def on_fit_end(self, trainer: "Trainer") -> None:
+        self._close()
+
+    def on_exception(self, trainer: "Trainer", exc: BaseException) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class Checkpointer(Callback):
+    """Write ``last.pt`` every ``every_steps`` steps and at each epoch end, and ``best.pt`` when the
+    validation metric ``monitor`` improves (chosen on the held-out split, never on test)."""
+
+    def __init__(self, run_dir: str | Path, monitor: str = "val_robust_acc", every_steps: int = 0):
+        self.run_dir = Path(run_dir)
+        self.monitor = monitor
+        self.every_steps = int(every_steps)
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+
+    def on_batch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
+        if self.every_steps and trainer.step % self.every_steps == 0:
+            trainer.save_checkpoint(self.run_dir / "last.pt")
+
+    def on_epoch_end(self, trainer: "Trainer", metrics: dict[str, float]) -> None:
+        value = metrics.get(self.monitor)
+        if value is None:
+            raise KeyError(
+                f"Checkpointer monitors {self.monitor!r}, which validation did not report; available: "
+                f"{', '.join(sorted(metrics))}."
+            )
+        if self.best is None or value > self.best:
+            self.best, self.best_epoch = float(value), trainer.epoch
+            trainer.save_checkpoint(self.run_dir / "best.pt")
+        trainer.save_checkpoint(self.run_dir / "last.pt")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch = state["best"], state["best_epoch"]

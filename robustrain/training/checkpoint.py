@@ -1,0 +1,86 @@
+"""Atomic checkpoints and the RNG states that make a resumed run end where the uninterrupted one ends."""
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError
+
+
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``.
+
+    A kill at any moment leaves either the old file or the new one, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a robustrain checkpoint with ``weights_only=True``; a missing or damaged file says so."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; expected a file written by robustrain train.")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} could not be read ({type(e).__name__}: {str(e)[:200]}); it is damaged or "
+            "not a robustrain checkpoint. Resume from another checkpoint in the run folder (last.pt, best.pt)."
+        ) from e
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds {type(ckpt).__name__}, not a robustrain checkpoint dict with a 'model' entry."
+        )
+    return ckpt
+
+
+def rng_state(generator: torch.Generator) -> dict:
+    """Every RNG a run draws from: the trainer's generator and the global torch, numpy and python ones."""
+    np_state = np.random.get_state()
+    return {
+        "generator": generator.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "python": _python_state_to_tensor(random.getstate()),
+    }
+
+
+def set_rng_state(state: dict, generator: torch.Generator) -> None:
+    """Restore what :func:`rng_state` saved."""
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    random.setstate(_python_state_from_tensor(state["python"]))
+
+
+def _python_state_to_tensor(state: tuple) -> dict:
+    version, internal, gauss = state
+    return {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss}
+
+
+def _python_state_from_tensor(d: dict) -> tuple:
+    return (d["version"], tuple(int(v) for v in d["internal"].tolist()), d["gauss"])

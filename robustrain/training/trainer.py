@@ -1,0 +1,254 @@
+"""The Trainer: the only training loop in robustrain.
+
+Per batch: attack → [weight perturbation applied] → objective + loss terms → backward → step →
+[weights restored] → callbacks. Every method (FGSM-RS, N-FGSM, PGD-AT, ... plus regularisers and weight
+perturbation) is a composition of the parts this loop calls; no method has a loop of its own.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..attacks import Attack
+from ..errors import CheckpointError, NonFiniteLossError
+from ..evaluation import evaluate
+from .callbacks import Callback
+from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from .hooks import LossTerm, StepContext, WeightPerturbation
+from .objectives import CrossEntropy
+from .schedules import LRSchedule
+
+CHECKPOINT_VERSION = 1
+
+
+class Trainer:
+    """Adversarial training with one loop.
+
+    Args:
+        model: the classifier (inputs in [0,1], normalisation inside).
+        attack: the training attack (its ``bn_mode`` follows the method's recipe).
+        optimizer: a torch optimiser over ``model``'s parameters.
+        schedule: learning rate per global step.
+        train_loader: a ``BatchLoader``-like object with ``iterate(epoch, start_batch)`` and ``len()``.
+        epochs: number of epochs.
+        val_loader: held-out validation batches (``iterate(0)``), evaluated after each epoch.
+        val_attack: the validation attack (eval mode), e.g. PGD-10; None validates clean accuracy only.
+        objective: the main loss (cross-entropy with optional label smoothing by default).
+        loss_terms: regularisers added to the loss.
+        weight_perturbation: optional context the optimiser step runs in (AWP, RWP, LAP).
+        callbacks: loggers, checkpointer, monitor.
+        grad_clip: max global gradient norm, or None.
+        amp_dtype: autocast dtype for the training forward/backward (e.g. torch.bfloat16), or None.
+        seed: seeds the trainer's generator (attack noise, regulariser draws) and the global RNGs.
+        config: plain-data config stored in every checkpoint.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        attack: Attack,
+        optimizer: torch.optim.Optimizer,
+        schedule: LRSchedule,
+        train_loader: Any,
+        *,
+        epochs: int,
+        val_loader: Any = None,
+        val_attack: Attack | None = None,
+        objective: Any = None,
+        loss_terms: Sequence[LossTerm] = (),
+        weight_perturbation: WeightPerturbation | None = None,
+        callbacks: Sequence[Callback] = (),
+        grad_clip: float | None = None,
+        amp_dtype: torch.dtype | None = None,
+        seed: int = 0,
+        config: dict | None = None,
+    ):
+        self.model = model
+        self.attack = attack
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.train_loader = train_loader
+        self.val_loader = val_loader
+        self.val_attack = val_attack
+        self.objective = objective or CrossEntropy()
+        self.loss_terms = list(loss_terms)
+        self.weight_perturbation = weight_perturbation
+        self.callbacks = list(callbacks)
+        self.epochs = int(epochs)
+        self.grad_clip = grad_clip
+        self.amp_dtype = amp_dtype
+        self.seed = int(seed)
+        self.config = config or {}
+        self.device = next(model.parameters()).device
+        self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        torch.manual_seed(self.seed)
+        # progress
+        self.epoch = 0  # finished epochs
+        self.batch_in_epoch = 0  # finished batches of the current epoch
+        self.step = 0  # finished optimiser steps
+        self.history: list[dict[str, float]] = []
+        self.should_stop = False
+
+    # -- properties ----------------------------------------------------------------------------------
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_loader)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def fit(self, resume: str | Path | None = None) -> list[dict[str, float]]:
+        """Train until ``epochs`` are done or a callback requests a stop; returns the epoch history."""
+        if resume is not None:
+            self.load_checkpoint(resume)
+        try:
+            self._call("on_fit_start")
+            while self.epoch < self.epochs and not self.should_stop:
+                self._train_epoch()
+                if self.batch_in_epoch < self.steps_per_epoch:
+                    break  # stopped mid-epoch
+                metrics = self._end_epoch()
+                self._call("on_epoch_end", metrics)
+            self._call("on_fit_end")
+        except BaseException as exc:
+            for cb in self.callbacks:
+                cb.on_exception(self, exc)
+            raise
+        return self.history
+
+    def _train_epoch(self) -> None:
+        self._call("on_epoch_start", self.epoch)
+        self.model.train()
+        for x, y in self.train_loader.iterate(self.epoch, start_batch=self.batch_in_epoch):
+            logs = self.train_step(x, y)
+            self.step += 1
+            self.batch_in_epoch += 1
+            self._call("on_batch_end", logs)
+            if self.should_stop:
+                return
+
+    def _end_epoch(self) -> dict[str, float]:
+        metrics = {"epoch": self.epoch + 1, "lr": self.schedule(self.step)}
+        metrics.update(self.validate())
+        self._call("on_validation_end", metrics)
+        for term in self.loss_terms:
+            term.on_epoch_end(self.epoch)
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self.history.append(metrics)
+        return metrics
+
+    def train_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
+        """One step: attack, objective and terms (inside the weight perturbation), backward, update."""
+        t0 = time.perf_counter()
+        lr = self.schedule(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        result = self.attack(self.model, x, y, generator=self.generator)
+        self.model.train()
+        ctx = StepContext(self.model, x, y, result, self.epoch, self.step, self.generator, self.autocast)
+
+        def loss_fn() -> Tensor:
+            return self.objective(ctx)["loss"]
+
+        wp = self.weight_perturbation.applied(ctx, loss_fn) if self.weight_perturbation else contextlib.nullcontext()
+        with wp:
+            out = self.objective(ctx)
+            loss = out["loss"]
+            logs: dict[str, float] = {"loss_main": loss.item()}
+            term_outs = []
+            for term in self.loss_terms:
+                t_out = term(ctx)
+                term_outs.append(t_out)
+                loss = loss + t_out["loss"]
+                for k, v in t_out.items():
+                    logs[f"{term.name}/{k}"] = float(v)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"the training loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1} "
+                    f"(main loss {logs['loss_main']:.4g}; terms: "
+                    f"{ {k: v for k, v in logs.items() if '/' in k} }). The weights were not updated and "
+                    "checkpoints already written are intact; lower the learning rate or a regulariser weight, "
+                    "or enable grad_clip."
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.grad_clip:
+                logs["grad_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip))
+            self.optimizer.step()
+        for term, t_out in zip(self.loss_terms, term_outs):
+            term.after_step(ctx, t_out)
+        with torch.no_grad():
+            adv_acc = (ctx.logits_adv.argmax(1) == y).float().mean().item() if ctx.logits_adv is not None else math.nan
+        dt = time.perf_counter() - t0
+        logs.update({"loss": loss.item(), "train_adv_acc": adv_acc, "lr": lr, "images_per_s": x.shape[0] / dt})
+        return logs
+
+    def validate(self) -> dict[str, float]:
+        """Clean and robust accuracy on the held-out split, model in eval mode, fixed random starts."""
+        if self.val_loader is None:
+            return {}
+        gen = torch.Generator(device=self.device).manual_seed(self.seed + 1_000_003)
+        attacks = {"robust": self.val_attack} if self.val_attack is not None else {}
+        res = evaluate(self.model, self.val_loader.iterate(0), attacks, generator=gen, amp_dtype=self.amp_dtype)
+        return {f"val_{k}_acc": v for k, v in res.accuracy().items()}
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "trainer": {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
+                        "history": self.history, "seed": self.seed},
+            "rng": rng_state(self.generator),
+            "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
+            "loss_terms": {t.name: t.state_dict() for t in self.loss_terms},
+            "weight_perturbation": self.weight_perturbation.state_dict() if self.weight_perturbation else {},
+            "config": self.config,
+        }
+
+    def save_checkpoint(self, path: str | Path) -> None:
+        save_atomic(self.state_dict(), path)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore model, optimiser, progress, callbacks, terms and every RNG from ``path``."""
+        ckpt = load_checkpoint(path, map_location=self.device)
+        if ckpt.get("version") != CHECKPOINT_VERSION:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} has format version {ckpt.get('version')!r}; this robustrain reads "
+                f"version {CHECKPOINT_VERSION}."
+            )
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} does not fit this model ({str(e)[:300]}); resume with the config the "
+                "run was started with (config.yaml in the run folder)."
+            ) from e
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        t = ckpt["trainer"]
+        self.epoch, self.batch_in_epoch, self.step = t["epoch"], t["batch_in_epoch"], t["step"]
+        self.history = list(t["history"])
+        set_rng_state(ckpt["rng"], self.generator)
+        for cb in self.callbacks:
+            if cb.state_key in ckpt["callbacks"]:
+                cb.load_state_dict(ckpt["callbacks"][cb.state_key])
+        for term in self.loss_terms:
+            if term.name in ckpt["loss_terms"]:
+                term.load_state_dict(ckpt["loss_terms"][term.name])
+        if self.weight_perturbation is not None:
+            self.weight_perturbation.load_state_dict(ckpt["weight_perturbation"])
