@@ -1,6 +1,6 @@
 """PGD (Madry et al., ICLR 2018, arXiv 1706.06083): k projected ascent steps, with restarts.
 
-Each restart starts from a uniform point of the ε-ball ∩ box and takes ``steps`` steps of size
+Each restart starts from a random point of the ε-ball ∩ box (``ThreatModel.pgd_start``) and takes ``steps`` steps of size
 ``step`` along the threat model's ascent direction (sign for L∞, normalised gradient for L2), each
 followed by projection onto the ball and the box clip. With ``keep_best`` the attack returns, per
 example, the best point seen over every iterate of every restart: a misclassified point beats a
@@ -81,7 +81,7 @@ class PGD(Attack):
         score_final = self.keep_best or self.restarts > 1
         for _ in range(self.restarts):
             if self.random_start:
-                delta = self.threat.random_init(x, generator)
+                delta = self.threat.pgd_start(x, generator)
             else:
                 delta = torch.zeros_like(xf)
             for t in range(self.steps):

@@ -1,0 +1,148 @@
+"""The model registry: ``register_model`` for factories and ``create_model``, the one public way in."""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from robustrain.errors import ConfigError, UnknownNameError, unknown_name
+from robustrain.models.normalise import Normalise, NormalisedModel
+from robustrain.models.timm_models import TIMM_PREFIX, create_timm_model
+
+__all__ = ["create_model", "list_models", "register_model"]
+
+ModelFactory = Callable[..., nn.Module]
+F = TypeVar("F", bound=ModelFactory)
+
+# Model name -> factory. A factory takes ``num_classes`` and ``in_channels`` plus its own keyword
+# arguments and returns the bare network (no Normalise); ``create_model`` adds the normalisation.
+_MODELS: dict[str, ModelFactory] = {}
+
+# The arguments create_model passes to every factory itself.
+_COMMON_ARGS = ("num_classes", "in_channels")
+
+
+def register_model(fn: F) -> F:
+    """Register a model factory under its function name (a decorator, as in timm).
+
+    The factory must accept ``num_classes`` and ``in_channels`` keyword arguments and return an
+    ``nn.Module`` that maps normalised images ``[B, in_channels, H, W]`` to logits ``[B, num_classes]``.
+
+    Raises:
+        ValueError: When the name is already registered or the factory lacks a common argument.
+    """
+    name = fn.__name__
+    if name in _MODELS:
+        raise ValueError(f"model {name!r} is registered twice; rename one of the factories.")
+    params = inspect.signature(fn).parameters
+    missing = [arg for arg in _COMMON_ARGS if arg not in params]
+    if missing:
+        raise ValueError(f"model factory {name!r} must accept {', '.join(missing)} as keyword arguments.")
+    _MODELS[name] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    """The registered model names, sorted. Any timm model is also available as ``timm:<timm name>``."""
+    return sorted(_MODELS)
+
+
+def _check_count(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{what} must be a positive integer, got {value!r}.")
+    return value
+
+
+def _accepted_args(fn: ModelFactory) -> list[str]:
+    params = inspect.signature(fn).parameters.values()
+    return [p.name for p in params if p.name not in _COMMON_ARGS and p.kind is not p.VAR_KEYWORD]
+
+
+def _build_registered(name: str, num_classes: int, in_channels: int, kwargs: dict[str, Any]) -> nn.Module:
+    """Call the factory for ``name`` after checking ``kwargs`` against its signature."""
+    fn = _MODELS[name]
+    sig = inspect.signature(fn)
+    accepted = _accepted_args(fn)
+    accepted_msg = ", ".join(accepted) if accepted else "none"
+    takes_var_kwargs = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown and not takes_var_kwargs:
+        raise ConfigError(
+            f"model {name!r} got unknown argument(s) {', '.join(unknown)}; "
+            f"it accepts: {accepted_msg} (besides num_classes and in_channels)."
+        )
+    try:
+        sig.bind(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    except TypeError as err:
+        raise ConfigError(f"model {name!r}: {err}; it accepts: {accepted_msg}.") from err
+    return fn(num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+def create_model(
+        name: str,
+        *,
+        num_classes: int,
+        in_channels: int = 3,
+        mean: float | Sequence[float] = 0.0,
+        std: float | Sequence[float] = 1.0,
+        channels_last: bool = False,
+        **kwargs: Any,
+) -> NormalisedModel:
+    """Build a classifier by name, with :class:`Normalise` as its first module.
+
+    Args:
+        name: A registered name (see :func:`list_models`) or ``timm:<timm model name>``.
+        num_classes: Number of output logits.
+        in_channels: Number of image channels (3 for CIFAR-10, 1 for MNIST and digits).
+        mean: Per-channel mean of the data (or one value for all channels); the default 0 with
+            ``std=1`` leaves inputs unnormalised.
+        std: Per-channel standard deviation (or one value for all channels).
+        channels_last: Convert the model to ``torch.channels_last`` (faster convolutions on CPU and
+            tensor-core GPUs; feed it channels_last inputs too).
+
+    Keyword Args:
+        kwargs: Arguments of the model factory, e.g. ``width`` for ``preact_resnet18``, ``depth`` and
+            ``widen`` for ``wide_resnet``. ``None`` values are dropped, so ``None`` means "the model's
+            own default". For ``timm:`` models they go to ``timm.create_model``.
+
+    Returns:
+        ``NormalisedModel``: ``model.normalise`` then ``model.net``, mapping ``[B, C, H, W]`` images in
+        [0, 1] to logits ``[B, num_classes]``.
+
+    Raises:
+        UnknownNameError: For an unknown model name; the message lists the choices.
+        ConfigError: For an argument the factory does not accept, or invalid sizes, mean or std.
+
+    Example:
+        >>> model = create_model("preact_resnet18", num_classes=10, width=16,
+        ...                      mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616))
+        >>> model(torch.rand(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+    if not isinstance(name, str):
+        raise ConfigError(f"model name must be a string, got {name!r}.")
+    num_classes = _check_count(num_classes, "num_classes")
+    in_channels = _check_count(in_channels, "in_channels")
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    normalise = Normalise(mean, std, channels=in_channels)
+
+    if name.startswith(TIMM_PREFIX):
+        timm_name = name[len(TIMM_PREFIX):]
+        try:
+            net = create_timm_model(timm_name, num_classes=num_classes, in_channels=in_channels, **kwargs)
+        except UnknownNameError as err:
+            if timm_name not in _MODELS:
+                raise
+            raise UnknownNameError(f"{err} robustrain's own model is called {timm_name!r}, without 'timm:'.") from None
+    elif name in _MODELS:
+        net = _build_registered(name, num_classes, in_channels, kwargs)
+    else:
+        raise unknown_name("model", name, [*list_models(), f"{TIMM_PREFIX}<timm name>"])
+
+    model = NormalisedModel(normalise, net)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model

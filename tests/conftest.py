@@ -1,0 +1,57 @@
+"""Shared fixtures: real small data (scikit-learn digits) and a small model trained on it once."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+settings.register_profile(
+    "ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+settings.register_profile(
+    "dev", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from robustrain.data import load_dataset
+
+    return load_dataset("digits", None, "train"), load_dataset("digits", None, "test")
+
+
+def make_digits_model(batchnorm: bool = True, seed: int = 0) -> torch.nn.Module:
+    from robustrain.data import load_dataset
+    from robustrain.models import create_model
+
+    ds = load_dataset("digits", None, "train")
+    torch.manual_seed(seed)
+    return create_model("small_cnn", num_classes=10, in_channels=1, mean=ds.mean, std=ds.std, input_size=8,
+                        batchnorm=batchnorm, width=8, hidden=32)
+
+
+@pytest.fixture(scope="session")
+def trained_digits_model(digits):
+    """A small CNN trained with FGSM-RS on digits (eps 0.1) for a few seconds, in eval mode."""
+    from robustrain.data import BatchLoader
+    from robustrain.training import FGSMTrainer, LRSchedule
+    from robustrain.threat import make_threat
+
+    train, _ = digits
+    model = make_digits_model()
+    loader = BatchLoader(train, 64, shuffle=True, seed=0)
+    epochs = 12
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    sched = LRSchedule("cyclic", 0.1, epochs * len(loader), len(loader), peak=0.4)
+    FGSMTrainer(model, make_threat("linf", 0.1), opt, sched, loader, epochs=epochs, seed=0).fit()
+    return model.eval()
+
+
+def digits_batch(ds, n: int, offset: int = 0):
+    x = ds.images[offset:offset + n].float() / 255
+    return x, ds.labels[offset:offset + n]

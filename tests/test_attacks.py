@@ -1,0 +1,260 @@
+"""Attacks stay in the threat model, never change the model (also when it raises), and are at least as
+strong as the reference implementation."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from robustrain.attacks import ATTACKS, FGSM, PGD, attack_guard, build_attack
+from robustrain.errors import ConfigError, UnknownNameError
+from robustrain.threat import make_threat
+
+from conftest import digits_batch, make_digits_model
+
+
+def snapshot(model: nn.Module):
+    return {
+        "modes": [m.training for m in model.modules()],
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "req": [p.requires_grad for p in model.parameters()],
+        "grad": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+        "track": [getattr(m, "track_running_stats", None) for m in model.modules()],
+    }
+
+
+def assert_unchanged(model: nn.Module, before) -> None:
+    after = snapshot(model)
+    assert after["modes"] == before["modes"]
+    assert after["req"] == before["req"]
+    assert after["track"] == before["track"]
+    for k, v in before["state"].items():
+        assert torch.equal(after["state"][k], v), f"{k} changed"
+    for g0, g1 in zip(before["grad"], after["grad"]):
+        assert (g0 is None and g1 is None) or torch.equal(g0, g1)
+
+
+def attack_kwargs(name: str) -> dict:
+    return {"steps": 3, "restarts": 2} if name == "pgd" else {}
+
+
+@pytest.fixture(scope="module")
+def model_with_bn():
+    return make_digits_model(batchnorm=True)
+
+
+@given(name=st.sampled_from(sorted(ATTACKS)), norm=st.sampled_from(["linf", "l2"]), eps=st.floats(0.0, 0.4),
+       bn_mode=st.sampled_from(["eval", "train"]), training=st.booleans(), seed=st.integers(0, 10_000),
+       n=st.integers(1, 9))
+def test_outputs_stay_in_threat_model_and_model_is_untouched(model_with_bn, digits, name, norm, eps, bn_mode,
+                                                             training, seed, n):
+    model = model_with_bn
+    model.train(training)
+    if seed % 2:  # dirty gradients must survive the attack
+        for p in model.parameters():
+            p.grad = torch.full_like(p, 0.5)
+    else:
+        for p in model.parameters():
+            p.grad = None
+    x, y = digits_batch(digits[0], n, offset=seed % 1000)
+    threat = make_threat(norm, eps if norm == "linf" else 4 * eps)
+    attack = build_attack(name, threat, bn_mode=bn_mode, **attack_kwargs(name))
+    before = snapshot(model)
+    res = attack(model, x, y, generator=torch.Generator().manual_seed(seed))
+    assert_unchanged(model, before)
+    assert res.x_adv.shape == x.shape and res.x_adv.dtype == x.dtype
+    assert res.delta.dtype == torch.float32
+    assert threat.contains(x, res.x_adv, radius=attack.max_norm, atol=1e-5).all()
+    assert threat.contains(x, res.x_init, radius=attack.max_norm, atol=1e-5).all()
+    assert torch.allclose(res.x_adv, x + res.delta, atol=1e-6)
+    assert res.loss_init.shape == (n,) and res.logits_init.shape == (n, 10)
+    assert res.grad_init.shape == x.shape
+    assert not res.x_adv.requires_grad
+
+
+class Exploding(nn.Module):
+    """Runs the real model, then raises on the k-th call."""
+
+    def __init__(self, inner: nn.Module, fail_on: int):
+        super().__init__()
+        self.inner, self.calls, self.fail_on = inner, 0, fail_on
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.inner(x)
+        if self.calls >= self.fail_on:
+            raise RuntimeError("boom")
+        return out
+
+
+@given(name=st.sampled_from(sorted(ATTACKS)), fail_on=st.integers(1, 4), bn_mode=st.sampled_from(["eval", "train"]),
+       training=st.booleans())
+def test_model_restored_when_it_raises(model_with_bn, digits, name, fail_on, bn_mode, training):
+    model = Exploding(model_with_bn, fail_on)
+    model.train(training)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    model.inner.net.features[0].weight.requires_grad_(False)  # a frozen layer stays frozen
+    before = snapshot(model)
+    x, y = digits_batch(digits[0], 5)
+    attack = build_attack(name, make_threat("linf", 0.1), bn_mode=bn_mode, **attack_kwargs(name))
+    try:
+        attack(model, x, y, generator=torch.Generator().manual_seed(0))
+    except RuntimeError as e:
+        assert "boom" in str(e)
+    assert_unchanged(model, before)
+    model.inner.net.features[0].weight.requires_grad_(True)
+
+
+def test_attack_does_no_weight_gradient_work(model_with_bn, digits):
+    seen = []
+    model = model_with_bn
+    hooks = [p.register_hook(lambda g: seen.append(g)) for p in model.parameters()]
+    try:
+        x, y = digits_batch(digits[0], 8)
+        build_attack("pgd", make_threat("linf", 0.1), steps=2)(model, x, y)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen == []
+
+
+def test_train_bn_mode_uses_batch_statistics(digits):
+    model = make_digits_model(batchnorm=True)
+    bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    bn.running_mean.fill_(5.0)  # absurd running stats: eval-mode logits differ from batch-stat logits
+    x, y = digits_batch(digits[0], 16)
+    seen = {}
+
+    def hook(module, inp, out):
+        seen["training"] = module.training
+
+    h = bn.register_forward_hook(hook)
+    r_train = build_attack("fgsm", make_threat("linf", 0.1), bn_mode="train")(model.eval(), x, y)
+    assert seen["training"] is True
+    r_eval = build_attack("fgsm", make_threat("linf", 0.1), bn_mode="eval")(model, x, y)
+    assert seen["training"] is False
+    h.remove()
+    assert not torch.allclose(r_train.logits_init, r_eval.logits_init)
+    assert (bn.running_mean == 5.0).all()
+
+
+def test_single_step_variants_follow_their_recipes(digits):
+    model = make_digits_model(batchnorm=False)
+    x, y = digits_batch(digits[0], 32)
+    eps = 0.1
+    t = make_threat("linf", eps)
+    fgsm = build_attack("fgsm", t)(model, x, y)
+    assert torch.equal(fgsm.x_init, x)  # zero init
+    # interior pixels move by exactly eps
+    interior = (x > eps) & (x < 1 - eps)
+    assert torch.allclose(fgsm.delta.abs()[interior], torch.full_like(fgsm.delta[interior], eps))
+    rs = build_attack("fgsm_rs", t)
+    assert rs.step == pytest.approx(1.25 * eps) and rs.project and rs.init_scale == 1.0
+    nf = build_attack("nfgsm", t)
+    assert nf.step == pytest.approx(eps) and not nf.project and nf.init_scale == 2.0
+    r = nf(model, x, y, generator=torch.Generator().manual_seed(1))
+    assert t.norms(r.delta).max() > eps  # no projection: leaves the eps-ball
+    assert t.norms(r.delta).max() <= 3 * eps + 1e-6
+    # the step is exactly one signed-gradient step from the init point (before the box clip)
+    step = (r.x_adv - r.x_init)[interior & (r.x_init > eps) & (r.x_init < 1 - eps)]
+    assert torch.allclose(step.abs(), torch.full_like(step, eps), atol=1e-6)
+
+
+def test_same_generator_seed_gives_same_result(digits):
+    model = make_digits_model()
+    x, y = digits_batch(digits[0], 16)
+    a = build_attack("pgd", make_threat("l2", 1.0), steps=3, restarts=2)
+    r1 = a(model, x, y, generator=torch.Generator().manual_seed(3))
+    r2 = a(model, x, y, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(r1.x_adv, r2.x_adv)
+
+
+def test_pgd_keep_best_is_no_weaker_than_last_iterate(trained_digits_model, digits):
+    x, y = digits_batch(digits[1], 300)
+    t = make_threat("linf", 0.1)
+    model = trained_digits_model
+
+    def acc(attack):
+        r = attack(model, x, y, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            return (model(r.x_adv).argmax(1) == y).float().mean().item()
+
+    last = acc(PGD(t, steps=10, keep_best=False))
+    best = acc(PGD(t, steps=10, keep_best=True))
+    best_r = acc(PGD(t, steps=10, restarts=3, keep_best=True))
+    assert best <= last
+    assert best_r <= best
+
+
+def test_pgd_at_least_as_strong_as_torchattacks(trained_digits_model, digits):
+    torchattacks = pytest.importorskip("torchattacks")
+    model = trained_digits_model
+    x = torch.cat([digits[0].images, digits[1].images]).float() / 255  # all 1,797 images: 1 example = 0.06 pp
+    y = torch.cat([digits[0].labels, digits[1].labels])
+    eps, alpha, steps = 0.1, 0.025, 10
+    torch.manual_seed(0)
+    ta = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
+    x_ta = ta(x, y)
+    with torch.no_grad():
+        clean = (model(x).argmax(1) == y).float().mean().item()
+        ta_acc = (model(x_ta).argmax(1) == y).float().mean().item()
+    ours = PGD(make_threat("linf", eps), steps=steps, step=alpha)
+    r = ours(model, x, y, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        our_acc = (model(r.x_adv).argmax(1) == y).float().mean().item()
+    assert clean > 0.9
+    assert ta_acc < clean - 0.02  # the comparison is meaningful: the attack does something
+    assert our_acc <= ta_acc + 0.005, (our_acc, ta_acc)
+
+
+def test_pgd_l2_at_least_as_strong_as_torchattacks(trained_digits_model, digits):
+    torchattacks = pytest.importorskip("torchattacks")
+    model = trained_digits_model
+    x = torch.cat([digits[0].images, digits[1].images]).float() / 255  # all 1,797 images: 1 example = 0.06 pp
+    y = torch.cat([digits[0].labels, digits[1].labels])
+    eps, alpha, steps = 0.5, 0.125, 10
+    torch.manual_seed(0)
+    ta = torchattacks.PGDL2(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
+    x_ta = ta(x, y)
+    with torch.no_grad():
+        ta_acc = (model(x_ta).argmax(1) == y).float().mean().item()
+    r = PGD(make_threat("l2", eps), steps=steps, step=alpha)(model, x, y, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        our_acc = (model(r.x_adv).argmax(1) == y).float().mean().item()
+    assert our_acc <= ta_acc + 0.005, (our_acc, ta_acc)
+
+
+def test_bad_attack_inputs(digits):
+    model = make_digits_model()
+    t = make_threat("linf", 0.1)
+    with pytest.raises(UnknownNameError, match="fgsm_rs"):
+        build_attack("fgsm-rs", t)
+    with pytest.raises(ConfigError, match="did you mean 'steps'"):
+        build_attack("pgd", t, step_count=3)
+    with pytest.raises(ConfigError, match="bn_mode"):
+        build_attack("fgsm", t, bn_mode="batch")
+    x, y = digits_batch(digits[0], 4)
+    with pytest.raises(ValueError, match=r"\[0,1\]"):
+        FGSM(t)(model, x * 255, y)
+    with pytest.raises(ValueError, match="labels"):
+        FGSM(t)(model, x, y[:2])
+
+
+def test_guard_rejects_unknown_mode():
+    with pytest.raises(ConfigError):
+        with attack_guard(nn.Linear(2, 2), "sometimes"):
+            pass
+
+
+def test_attack_does_not_copy_or_replace_the_model(digits):
+    model = make_digits_model()
+    ref = copy.deepcopy(model)
+    x, y = digits_batch(digits[0], 8)
+    build_attack("nfgsm", make_threat("linf", 0.2), bn_mode="train")(model, x, y)
+    for (k, v), (_, w) in zip(model.state_dict().items(), ref.state_dict().items()):
+        assert torch.equal(v, w), k
