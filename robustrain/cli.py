@@ -24,7 +24,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .config import check_attack_section, from_dict
+    from .config import check_attack_section, from_dict, validate
     from .experiment import (AMP, attack_label, build_attack_from, build_data, build_model, evaluate_model,
                              format_table, resolve_device)
     from .threat import make_threat
@@ -47,6 +47,7 @@ def _eval(args: argparse.Namespace) -> int:
             section[key] = value
     if args.eps is not None:
         cfg.threat.eps = args.eps
+        validate(cfg)
     check_attack_section(section, "--attack", cfg.threat.norm)
     threat = make_threat(cfg.threat.norm, cfg.threat.eps)
     device = resolve_device(cfg.data.device)
