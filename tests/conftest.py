@@ -2,12 +2,28 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+
+def _shared_data() -> Path:
+    """The project's shared data folder (MNIST files, get_cifar10.py): $ROBUSTRAIN_SHARED_DATA, else
+    ../shared/data beside the checkout, else /work/shared/data. Tests that need it skip without it."""
+    candidates = [os.environ.get("ROBUSTRAIN_SHARED_DATA"),
+                  Path(__file__).resolve().parents[2] / "shared" / "data", "/work/shared/data"]
+    for c in candidates:
+        if c and Path(c).is_dir():
+            return Path(c)
+    return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+SHARED_DATA = _shared_data()
 
 settings.register_profile(
     "ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]

@@ -25,7 +25,7 @@ from robustrain.data.digits import stratified_split
 from robustrain.data.mnist import read_idx
 from robustrain.errors import ConfigError, DataNotFoundError, UnknownNameError
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import SHARED_DATA
 MNIST_DIR = SHARED_DATA / "mnist"
 GET_CIFAR10 = SHARED_DATA / "get_cifar10.py"
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
