@@ -90,7 +90,8 @@ class ProgressBar(Callback):
         from tqdm.auto import tqdm
 
         self._bar = tqdm(total=trainer.steps_per_epoch, initial=trainer.batch_in_epoch,
-                         desc=f"epoch {epoch + 1}/{trainer.epochs}", leave=False, dynamic_ncols=True)
+                         desc=f"epoch {epoch + 1}/{trainer.epochs}", leave=False, dynamic_ncols=True,
+                         mininterval=0.5)
 
     def on_batch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
         if self._bar is not None:

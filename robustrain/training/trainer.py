@@ -45,7 +45,8 @@ class Trainer:
         callbacks: loggers, checkpointer, monitor.
         grad_clip: max global gradient norm, or None.
         amp_dtype: autocast dtype for the training forward/backward (e.g. torch.bfloat16), or None.
-        seed: seeds the trainer's generator (attack noise, regulariser draws) and the global RNGs.
+        seed: seeds the trainer's generator (attack noise, regulariser draws); the global RNGs (dropout) are
+            the caller's to seed, and are saved and restored with every checkpoint.
         config: plain-data config stored in every checkpoint.
     """
 
@@ -87,7 +88,6 @@ class Trainer:
         self.config = config or {}
         self.device = next(model.parameters()).device
         self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
-        torch.manual_seed(self.seed)
         # progress
         self.epoch = 0  # finished epochs
         self.batch_in_epoch = 0  # finished batches of the current epoch
