@@ -191,41 +191,24 @@ def test_pgd_keep_best_is_no_weaker_than_last_iterate(trained_digits_model, digi
     assert best_r <= best
 
 
-def test_pgd_at_least_as_strong_as_torchattacks(trained_digits_model, digits):
+@pytest.mark.parametrize("norm,eps,reference", [("linf", 0.1, "PGD"), ("l2", 0.5, "PGDL2")])
+def test_pgd_at_least_as_strong_as_torchattacks(trained_digits_model, digits, norm, eps, reference):
+    """Same settings (10 steps of eps/4, one random start) on the same trained model: robustrain's robust
+    accuracy may not exceed torchattacks' by more than 0.5 pp."""
     torchattacks = pytest.importorskip("torchattacks")
     model = trained_digits_model
     x = torch.cat([digits[0].images, digits[1].images]).float() / 255  # all 1,797 images: 1 example = 0.06 pp
     y = torch.cat([digits[0].labels, digits[1].labels])
-    eps, alpha, steps = 0.1, 0.025, 10
+    alpha, steps = eps / 4, 10
     torch.manual_seed(0)
-    ta = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
-    x_ta = ta(x, y)
+    x_ta = getattr(torchattacks, reference)(model, eps=eps, alpha=alpha, steps=steps, random_start=True)(x, y)
+    r = PGD(make_threat(norm, eps), steps=steps, step=alpha)(model, x, y, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         clean = (model(x).argmax(1) == y).float().mean().item()
         ta_acc = (model(x_ta).argmax(1) == y).float().mean().item()
-    ours = PGD(make_threat("linf", eps), steps=steps, step=alpha)
-    r = ours(model, x, y, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
         our_acc = (model(r.x_adv).argmax(1) == y).float().mean().item()
     assert clean > 0.9
     assert ta_acc < clean - 0.02  # the comparison is meaningful: the attack does something
-    assert our_acc <= ta_acc + 0.005, (our_acc, ta_acc)
-
-
-def test_pgd_l2_at_least_as_strong_as_torchattacks(trained_digits_model, digits):
-    torchattacks = pytest.importorskip("torchattacks")
-    model = trained_digits_model
-    x = torch.cat([digits[0].images, digits[1].images]).float() / 255  # all 1,797 images: 1 example = 0.06 pp
-    y = torch.cat([digits[0].labels, digits[1].labels])
-    eps, alpha, steps = 0.5, 0.125, 10
-    torch.manual_seed(0)
-    ta = torchattacks.PGDL2(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
-    x_ta = ta(x, y)
-    with torch.no_grad():
-        ta_acc = (model(x_ta).argmax(1) == y).float().mean().item()
-    r = PGD(make_threat("l2", eps), steps=steps, step=alpha)(model, x, y, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        our_acc = (model(r.x_adv).argmax(1) == y).float().mean().item()
     assert our_acc <= ta_acc + 0.005, (our_acc, ta_acc)
 
 
