@@ -256,8 +256,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"train.epochs must be >= 1, got {cfg.train.epochs}.")
     if cfg.data.batch_size < 1 or cfg.data.eval_batch_size < 1:
         raise ConfigError("data.batch_size and data.eval_batch_size must be >= 1.")
-    if cfg.train.amp not in (None, "bf16", "fp16"):
-        raise ConfigError(f"train.amp = {cfg.train.amp!r}; expected null, bf16 or fp16.")
+    if cfg.train.amp not in (None, "bf16"):
+        raise ConfigError(
+            f"train.amp = {cfg.train.amp!r}; expected null (fp32) or bf16 (fp16 would need loss scaling, which "
+            "robustrain does not do; bf16 needs none)."
+        )
     if cfg.optim.name not in ("sgd", "adam", "adamw"):
         hint = closest(cfg.optim.name, ["sgd", "adam", "adamw"])
         raise ConfigError(f"optim.name = {cfg.optim.name!r}; expected sgd, adam or adamw." + (f" Did you mean {hint!r}?" if hint else ""))

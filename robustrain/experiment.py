@@ -24,7 +24,7 @@ from .threat import ThreatModel, make_threat
 from .training import Checkpointer, JSONLLogger, LRSchedule, ProgressBar, Trainer
 from .training.objectives import CrossEntropy
 
-AMP = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AMP = {None: None, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -182,7 +182,7 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join([line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])
 
 
-def final_evaluation(cfg: Config, run_dir: Path, trainer: Trainer, data: Data) -> dict[str, Any]:
+def final_evaluation(cfg: Config, run_dir: Path, trainer: Trainer, data: Data, train_seconds: float) -> dict[str, Any]:
     """Evaluate the best (validation-chosen) and last checkpoints on the test split; write summary.json."""
     from .training.checkpoint import load_checkpoint
 
@@ -207,7 +207,8 @@ def final_evaluation(cfg: Config, run_dir: Path, trainer: Trainer, data: Data) -
         "name": cfg.name, "dataset": cfg.data.name, "model": cfg.model.name, "attack": cfg.attack["name"],
         "threat": {"norm": cfg.threat.norm, "eps": cfg.threat.eps}, "eval_attack": {**cfg.eval.attack, "step": attack.step if hasattr(attack, "step") else None},
         "selection": f"best.pt maximises {cfg.validation.select_on} on the held-out validation split",
-        "test": rows, "history": trainer.history, "git_commit": git_commit(),
+        "test": rows, "train_seconds": round(train_seconds, 1), "history": trainer.history,
+        "git_commit": git_commit(),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     table = format_table(rows, ["checkpoint", "epoch", "n_ex", "clean_acc", f"{label}_acc", "seconds"])
@@ -225,9 +226,4 @@ def run_training(cfg: Config, run_dir: Path, *, resume: bool = False) -> dict[st
         raise ConfigError(f"--resume: {str(ckpt)!r} does not exist; nothing to resume in {str(run_dir)!r}.")
     t0 = time.perf_counter()
     trainer.fit(resume=ckpt)
-    train_seconds = time.perf_counter() - t0
-    summary = final_evaluation(cfg, run_dir, trainer, data)
-    summary["train_seconds"] = round(train_seconds, 1)
-    with open(run_dir / "summary.json", "w") as f:
-        json.dump({k: v for k, v in summary.items() if k != "table"}, f, indent=2)
-    return summary
+    return final_evaluation(cfg, run_dir, trainer, data, time.perf_counter() - t0)

@@ -145,6 +145,12 @@ def test_kill_mid_epoch_and_resume_gives_identical_weights(tmp_path):
     assert resumed.history == full.history
     assert resumed.callbacks[1].best == full.callbacks[1].best
 
+    def records(run):  # the metrics log holds each step once, with the uninterrupted run's values
+        lines = [json.loads(l) for l in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [(r["kind"], r["step"], r.get("loss"), r.get("val_robust_acc")) for r in lines]
+
+    assert records("killed") == records("full")
+
 
 @pytest.mark.slow
 def test_sigkill_of_the_cli_and_resume_gives_identical_weights(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,6 +64,16 @@ class JSONLLogger(Callback):
     def __init__(self, path: str | Path, every: int = 10):
         self.path = Path(path)
         self.every = max(1, int(every))
+
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        """After a resume, drop the records of steps the checkpoint does not contain (they will be re-run)."""
+        if trainer.step == 0 or not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= trainer.step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
 
     def _write(self, record: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
