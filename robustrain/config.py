@@ -118,6 +118,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     threat: ThreatConfig = field(default_factory=ThreatConfig)
     attack: dict = _attack_field(name="fgsm_rs", bn_mode="train")
+    regularisers: list = field(default_factory=list)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -212,34 +213,42 @@ def _check_radius(value: float, where: str, norm: str) -> None:
         )
 
 
-def check_attack_section(section: dict, where: str, norm: str) -> None:
-    from .attacks import ATTACKS, attack_arguments
+def check_section(kind: str, registry: dict, section: Any, where: str, norm: str,
+                  hidden: tuple[str, ...] = ()) -> None:
+    """Check a ``{name: ..., option: value}`` section against ``registry[name]``'s options and parse its
+    numbers (fractions allowed) in place; radii and steps above 1 under L∞ are refused with a hint."""
+    from .registry import keyword_arguments, takes_number
 
-    if "name" not in section:
-        raise ConfigError(f"{where} needs a 'name'; one of: {', '.join(sorted(ATTACKS))}.")
+    if not isinstance(section, dict) or "name" not in section:
+        raise ConfigError(f"{where} must be a mapping with a 'name'; one of: {', '.join(sorted(registry))}; got {section!r}.")
     name = section["name"]
-    if name not in ATTACKS:
-        hint = closest(str(name), ATTACKS)
+    if name not in registry:
+        hint = closest(str(name), registry)
         raise ConfigError(
-            f"{where}.name = {name!r} is not an attack; expected one of: {', '.join(sorted(ATTACKS))}."
+            f"{where}.name = {name!r} is not a known {kind}; expected one of: {', '.join(sorted(registry)) or 'none yet'}."
             + (f" Did you mean {hint!r}?" if hint else "")
         )
-    valid = [a for a in attack_arguments(ATTACKS[name]) if a not in ("loss_fn", "amp_dtype")]
+    params = {k: p for k, p in keyword_arguments(registry[name]).items() if k not in hidden}
     for key, value in section.items():
         if key == "name":
             continue
-        if key not in valid:
-            hint = closest(str(key), valid)
+        if key not in params:
+            hint = closest(str(key), params)
             raise ConfigError(
-                f"unknown key {where + '.' + key!r} for attack {name!r}"
+                f"unknown key {where + '.' + key!r} for {kind} {name!r}"
                 + (f"; did you mean {where + '.' + hint!r}?" if hint else ".")
-                + f" Valid keys: name, {', '.join(valid)}."
+                + f" Valid keys: name, {', '.join(params)}."
             )
-        if key in ("step", "init_scale"):
-            if value is not None:
-                section[key] = parse_number(value, f"{where}.{key}")
-                if key == "step":
-                    _check_radius(section[key], f"{where}.{key}", norm)
+        if value is not None and takes_number(params[key]):
+            section[key] = parse_number(value, f"{where}.{key}")
+            if key in ("step", "eps"):
+                _check_radius(section[key], f"{where}.{key}", norm)
+
+
+def check_attack_section(section: dict, where: str, norm: str) -> None:
+    from .attacks import ATTACKS
+
+    check_section("attack", ATTACKS, section, where, norm, hidden=("loss_fn", "amp_dtype"))
 
 
 def validate(cfg: Config) -> Config:
@@ -252,6 +261,10 @@ def validate(cfg: Config) -> Config:
     for where in ("attack", "validation.attack", "eval.attack"):
         section = cfg.attack if where == "attack" else getattr(cfg, where.split(".")[0]).attack
         check_attack_section(section, where, cfg.threat.norm)
+    from .regularisers import REGULARISERS
+
+    for i, section in enumerate(cfg.regularisers):
+        check_section("regulariser", REGULARISERS, section, f"regularisers[{i}]", cfg.threat.norm)
     if cfg.train.epochs < 1:
         raise ConfigError(f"train.epochs must be >= 1, got {cfg.train.epochs}.")
     if cfg.data.batch_size < 1 or cfg.data.eval_batch_size < 1:

@@ -20,6 +20,7 @@ from .data import ArrayDataset, BatchLoader, load_dataset, split_validation
 from .errors import ConfigError
 from .evaluation import EvalResult, evaluate
 from .models import create_model
+from .regularisers import build_regulariser
 from .threat import ThreatModel, make_threat
 from .training import Checkpointer, JSONLLogger, LRSchedule, ProgressBar, Trainer
 from .training.objectives import CrossEntropy
@@ -98,6 +99,8 @@ def build_trainer(cfg: Config, run_dir: Path, data: Data | None = None) -> tuple
     amp = AMP[cfg.train.amp]
     attack = build_attack_from(cfg.attack, threat, default_bn="train", amp_dtype=amp)
     val_attack = build_attack_from(cfg.validation.attack, threat, default_bn="eval", force_eval=True, amp_dtype=amp)
+    terms = [build_regulariser(s["name"], threat, **{k: v for k, v in s.items() if k != "name"})
+             for s in cfg.regularisers]
     steps_per_epoch = len(data.train)
     s = cfg.schedule
     schedule = LRSchedule(s.name, cfg.optim.lr, steps_per_epoch * cfg.train.epochs, steps_per_epoch, peak=s.peak,
@@ -109,7 +112,7 @@ def build_trainer(cfg: Config, run_dir: Path, data: Data | None = None) -> tuple
     ]
     trainer = Trainer(model, attack, build_optimizer(cfg, model), schedule, data.train, epochs=cfg.train.epochs,
                       val_loader=data.val, val_attack=val_attack,
-                      objective=CrossEntropy(cfg.train.label_smoothing), callbacks=callbacks,
+                      objective=CrossEntropy(cfg.train.label_smoothing), loss_terms=terms, callbacks=callbacks,
                       grad_clip=cfg.train.grad_clip, amp_dtype=amp, seed=cfg.seed, config=to_dict(cfg))
     return trainer, data
 
