@@ -85,6 +85,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     grad_clip: float | None = None
     amp: str | None = None
+    eps_warmup_epochs: float = 0.0
     checkpoint_every: int = 0
     log_every: int = 10
     progress: bool = True
@@ -108,6 +109,30 @@ class EvalConfig:
 
 
 @dataclass
+class MonitorConfig:
+    """The overfitting monitor. CO: every ``every`` steps (default once per epoch) clean / FGSM / PGD-``pgd_steps``
+    accuracy of ``n_check`` held-out images; declared when PGD accuracy falls more than ``co_drop`` below its
+    best while clean or FGSM accuracy stays within ``co_stable`` of theirs, or when FGSM accuracy exceeds PGD
+    accuracy by more than ``co_gap`` (null turns that rule off). RO: validation robust accuracy more
+    than ``ro_margin`` below its best for ``ro_patience`` epochs. ``action``: warn, stop or rollback (with a
+    ``remedy``: {kind: lr, factor: 0.5}, {kind: attack, name: nfgsm}, {kind: regulariser, name: ...})."""
+
+    enabled: bool = False
+    every: int | None = None
+    n_check: int = 256
+    pgd_steps: int = 10
+    train_batch: bool = False
+    co_drop: float = 0.2
+    co_stable: float = 0.2
+    co_gap: float | None = 0.3
+    ro_margin: float = 0.03
+    ro_patience: int = 5
+    action: str = "warn"
+    remedy: dict = field(default_factory=dict)
+    max_rollbacks: int = 2
+
+
+@dataclass
 class Config:
     """A whole run. ``out_dir/name`` is the run folder."""
 
@@ -123,6 +148,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
@@ -265,6 +291,28 @@ def validate(cfg: Config) -> Config:
 
     for i, section in enumerate(cfg.regularisers):
         check_section("regulariser", REGULARISERS, section, f"regularisers[{i}]", cfg.threat.norm)
+    m = cfg.monitor
+    if m.action not in ("warn", "stop", "rollback"):
+        hint = closest(m.action, ["warn", "stop", "rollback"])
+        raise ConfigError(f"monitor.action = {m.action!r}; expected warn, stop or rollback." + (f" Did you mean {hint!r}?" if hint else ""))
+    if m.enabled and cfg.data.val_size < 1:
+        raise ConfigError("monitor.enabled needs a held-out validation split: set data.val_size (e.g. 1000 for CIFAR).")
+    if m.remedy:
+        kind = m.remedy.get("kind")
+        if kind == "attack":
+            from .attacks import ATTACKS
+
+            check_section("attack", ATTACKS, {k: v for k, v in m.remedy.items() if k != "kind"}, "monitor.remedy",
+                          cfg.threat.norm, hidden=("loss_fn", "amp_dtype", "bn_mode"))
+        elif kind == "regulariser":
+            from .regularisers import REGULARISERS
+
+            check_section("regulariser", REGULARISERS, {k: v for k, v in m.remedy.items() if k != "kind"},
+                          "monitor.remedy", cfg.threat.norm)
+        elif kind != "lr":
+            raise ConfigError(f"monitor.remedy.kind = {kind!r}; expected lr, attack or regulariser.")
+    if m.action == "rollback" and not m.remedy:
+        raise ConfigError("monitor.action: rollback needs monitor.remedy, e.g. {kind: lr, factor: 0.5} or {kind: attack, name: nfgsm}.")
     if cfg.train.epochs < 1:
         raise ConfigError(f"train.epochs must be >= 1, got {cfg.train.epochs}.")
     if cfg.data.batch_size < 1 or cfg.data.eval_batch_size < 1:

@@ -23,7 +23,9 @@ from .models import create_model
 from .regularisers import build_regulariser
 from .threat import ThreatModel, make_threat
 from .training import Checkpointer, JSONLLogger, LRSchedule, ProgressBar, Trainer
+from .training.monitor import OverfitMonitor
 from .training.objectives import CrossEntropy
+from .training.overfitting import COThresholds, ROThresholds
 
 AMP = {None: None, "bf16": torch.bfloat16}
 
@@ -80,6 +82,28 @@ def build_attack_from(section: dict, threat: ThreatModel, *, default_bn: str, fo
     return build_attack(section["name"], threat, amp_dtype=amp_dtype, **kwargs)
 
 
+def first_examples(loader: BatchLoader, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` examples of a loader's epoch 0 (a fixed batch)."""
+    xs, ys, have = [], [], 0
+    for x, y in loader.iterate(0):
+        xs.append(x)
+        ys.append(y)
+        have += len(y)
+        if have >= n:
+            break
+    return torch.cat(xs)[:n], torch.cat(ys)[:n]
+
+
+def build_monitor(cfg: Config, data: Data, threat: ThreatModel) -> OverfitMonitor:
+    m = cfg.monitor
+    if data.val is None:
+        raise ConfigError("monitor.enabled needs a held-out validation split: set data.val_size.")
+    x, y = first_examples(data.val, m.n_check)
+    return OverfitMonitor(x, y, threat, every=m.every, pgd_steps=m.pgd_steps, train_batch=m.train_batch,
+                          co=COThresholds(m.co_drop, m.co_stable, m.co_gap), ro=ROThresholds(m.ro_margin, m.ro_patience),
+                          action=m.action, remedy=m.remedy, max_rollbacks=m.max_rollbacks, seed=cfg.seed)
+
+
 def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
     o = cfg.optim
     if o.name == "sgd":
@@ -107,13 +131,16 @@ def build_trainer(cfg: Config, run_dir: Path, data: Data | None = None) -> tuple
                           milestones=tuple(s.milestones), gamma=s.gamma)
     callbacks = [
         JSONLLogger(run_dir / "metrics.jsonl", every=cfg.train.log_every),
+        *([build_monitor(cfg, data, threat)] if cfg.monitor.enabled else []),
         Checkpointer(run_dir, monitor=cfg.validation.select_on, every_steps=cfg.train.checkpoint_every),
         ProgressBar(enabled=cfg.train.progress),
     ]
     trainer = Trainer(model, attack, build_optimizer(cfg, model), schedule, data.train, epochs=cfg.train.epochs,
                       val_loader=data.val, val_attack=val_attack,
                       objective=CrossEntropy(cfg.train.label_smoothing), loss_terms=terms, callbacks=callbacks,
-                      grad_clip=cfg.train.grad_clip, amp_dtype=amp, seed=cfg.seed, config=to_dict(cfg))
+                      grad_clip=cfg.train.grad_clip, amp_dtype=amp,
+                      eps_warmup_steps=round(cfg.train.eps_warmup_epochs * steps_per_epoch), seed=cfg.seed,
+                      config=to_dict(cfg))
     return trainer, data
 
 

@@ -45,6 +45,12 @@ class Callback:
     def on_exception(self, trainer: "Trainer", exc: BaseException) -> None:
         """When training raises; the exception is re-raised afterwards."""
 
+    def on_event(self, trainer: "Trainer", event: dict[str, Any]) -> None:
+        """When a callback announces an event with ``trainer.emit`` (monitor decisions, rollbacks)."""
+
+    def on_checkpoint_loaded(self, trainer: "Trainer") -> None:
+        """After every callback's state was restored from a checkpoint, before loss-term states are."""
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
@@ -84,6 +90,10 @@ class JSONLLogger(Callback):
         if trainer.step % self.every == 0 or trainer.step == 1:
             self._write({"kind": "step", "epoch": trainer.epoch, "step": trainer.step, "time": time.time(), **logs})
 
+    def on_event(self, trainer: "Trainer", event: dict[str, Any]) -> None:
+        fields = {k: v for k, v in event.items() if k != "kind"}
+        self._write({"kind": "event", "event": event.get("kind", "event"), "time": time.time(), **fields})
+
     def on_epoch_end(self, trainer: "Trainer", metrics: dict[str, float]) -> None:
         self._write({"kind": "epoch", "epoch": trainer.epoch, "step": trainer.step, "time": time.time(), **metrics})
 
@@ -118,6 +128,10 @@ class ProgressBar(Callback):
 
     def on_fit_end(self, trainer: "Trainer") -> None:
         self._close()
+
+    def on_event(self, trainer: "Trainer", event: dict[str, Any]) -> None:
+        if "message" in event:  # decisions are shown even without a bar; routine checks are not
+            print(f"[robustrain] epoch {event['epoch'] + 1} step {event['step']}: {event['message']}", flush=True)
 
     def on_exception(self, trainer: "Trainer", exc: BaseException) -> None:
         self._close()

@@ -7,6 +7,7 @@ perturbation) is a composition of the parts this loop calls; no method has a loo
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from pathlib import Path
@@ -27,6 +28,15 @@ from .schedules import LRSchedule
 CHECKPOINT_VERSION = 1
 
 
+def scaled_attack(attack: Attack, factor: float) -> Attack:
+    """A shallow copy of ``attack`` whose radius and step are multiplied by ``factor`` (for ε warm-up)."""
+    scaled = copy.copy(attack)
+    scaled.threat = type(attack.threat)(attack.threat.eps * factor)
+    if hasattr(attack, "step"):
+        scaled.step = attack.step * factor
+    return scaled
+
+
 class Trainer:
     """Adversarial training with one loop.
 
@@ -45,6 +55,8 @@ class Trainer:
         callbacks: loggers, checkpointer, monitor.
         grad_clip: max global gradient norm, or None.
         amp_dtype: autocast dtype for the training forward/backward (e.g. torch.bfloat16), or None.
+        eps_warmup_steps: ramp the training attack's radius and step linearly from 0 to their full values over
+            this many steps (MNIST and SVHN recipes need it); validation always uses the full radius.
         seed: seeds the trainer's generator (attack noise, regulariser draws); the global RNGs (dropout) are
             the caller's to seed, and are saved and restored with every checkpoint.
         config: plain-data config stored in every checkpoint.
@@ -67,6 +79,7 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         grad_clip: float | None = None,
         amp_dtype: torch.dtype | None = None,
+        eps_warmup_steps: int = 0,
         seed: int = 0,
         config: dict | None = None,
     ):
@@ -84,6 +97,7 @@ class Trainer:
         self.epochs = int(epochs)
         self.grad_clip = grad_clip
         self.amp_dtype = amp_dtype
+        self.eps_warmup_steps = int(eps_warmup_steps)
         self.seed = int(seed)
         self.config = config or {}
         self.device = next(model.parameters()).device
@@ -94,6 +108,7 @@ class Trainer:
         self.step = 0  # finished optimiser steps
         self.history: list[dict[str, float]] = []
         self.should_stop = False
+        self.lr_scale = 1.0  # a remedy (e.g. the overfitting monitor's) may lower the scheduled lr
 
     # -- properties ----------------------------------------------------------------------------------
     @property
@@ -150,10 +165,13 @@ class Trainer:
     def train_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
         """One step: attack, objective and terms (inside the weight perturbation), backward, update."""
         t0 = time.perf_counter()
-        lr = self.schedule(self.step)
+        lr = self.schedule(self.step) * self.lr_scale
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        result = self.attack(self.model, x, y, generator=self.generator)
+        attack = self.attack
+        if self.step < self.eps_warmup_steps:
+            attack = scaled_attack(attack, (self.step + 1) / self.eps_warmup_steps)
+        result = attack(self.model, x, y, generator=self.generator)
         self.model.train()
         ctx = StepContext(self.model, x, y, result, self.epoch, self.step, self.generator, self.autocast)
 
@@ -190,6 +208,7 @@ class Trainer:
         with torch.no_grad():
             adv_acc = (ctx.logits_adv.argmax(1) == y).float().mean().item() if ctx.logits_adv is not None else math.nan
         dt = time.perf_counter() - t0
+        logs["eps"] = attack.threat.eps
         logs.update({"loss": loss.item(), "train_adv_acc": adv_acc, "lr": lr, "images_per_s": x.shape[0] / dt})
         return logs
 
@@ -201,6 +220,11 @@ class Trainer:
         attacks = {"robust": self.val_attack} if self.val_attack is not None else {}
         res = evaluate(self.model, self.val_loader.iterate(0), attacks, generator=gen, amp_dtype=self.amp_dtype)
         return {f"val_{k}_acc": v for k, v in res.accuracy().items()}
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """Announce an event (e.g. catastrophic overfitting declared) to every callback's ``on_event``."""
+        event = {"epoch": self.epoch, "step": self.step, **event}
+        self._call("on_event", event)
 
     def _call(self, hook: str, *args: Any) -> None:
         for cb in self.callbacks:
@@ -247,6 +271,8 @@ class Trainer:
         for cb in self.callbacks:
             if cb.state_key in ckpt["callbacks"]:
                 cb.load_state_dict(ckpt["callbacks"][cb.state_key])
+        for cb in self.callbacks:  # may change the composition (e.g. re-apply a monitor's remedies)
+            cb.on_checkpoint_loaded(self)
         for term in self.loss_terms:
             if term.name in ckpt["loss_terms"]:
                 term.load_state_dict(ckpt["loss_terms"][term.name])
