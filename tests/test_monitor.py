@@ -103,7 +103,7 @@ class ScriptedMonitor(OverfitMonitor):
         super().__init__(*args, **kwargs)
         self.script = list(script)
 
-    def _measure(self, trainer, x, y):
+    def _measure(self, trainer, x, y, factor=1.0):
         clean, fgsm, pgd = self.script.pop(0)
         return {"clean": clean, "fgsm": fgsm, "pgd": pgd, "grad_alignment": 0.5}
 
@@ -184,9 +184,10 @@ def test_stop_action_ends_training(tmp_path):
     assert trainer.step == 4 and trainer.should_stop
 
 
-def test_events_reach_the_metrics_log(tmp_path):
+def test_events_reach_the_metrics_log_once_per_episode(tmp_path):
     trainer, _ = tiny_trainer(tmp_path, "train.epochs=1")
-    replace_monitor(trainer, [(0.8, 0.5, 0.4), (0.9, 0.9, 0.0)] + [(0.9, 0.6, 0.4)] * 40, action="warn")
+    script = [(0.8, 0.5, 0.4), (0.9, 0.9, 0.0), (0.9, 0.9, 0.0), (0.9, 0.9, 0.0)] + [(0.9, 0.6, 0.4)] * 40
+    replace_monitor(trainer, script, action="warn")
     trainer.fit()
     records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     co = [r for r in records if r["kind"] == "event" and r["event"] == "catastrophic_overfitting"]

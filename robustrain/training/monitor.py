@@ -23,6 +23,7 @@ from ..errors import ConfigError
 from ..evaluation import evaluate
 from ..threat import ThreatModel
 from .callbacks import Callback
+from .trainer import scaled_attack
 from .overfitting import Check, COThresholds, ROThresholds, detect_catastrophic, detect_robust_overfitting
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -94,6 +95,7 @@ class OverfitMonitor(Callback):
         self.rollbacks = 0
         self.applied: list[dict] = []
         self.ro_declared = False
+        self.co_active = False
         self.snapshot: dict[str, Any] | None = None
         self.check_seconds = 0.0
         self._signals: dict[str, list[float]] = {}
@@ -126,36 +128,44 @@ class OverfitMonitor(Callback):
             self._apply_remedy(trainer, remedy)
 
     # -- the check -----------------------------------------------------------------------------------
-    def _measure(self, trainer: "Trainer", x: Tensor, y: Tensor) -> dict[str, float]:
+    def _measure(self, trainer: "Trainer", x: Tensor, y: Tensor, factor: float = 1.0) -> dict[str, float]:
         gen = torch.Generator(device=x.device).manual_seed(self.seed)
-        res = evaluate(trainer.model, [(x, y)], {"fgsm": self.fgsm, "pgd": self.pgd}, generator=gen,
-                       amp_dtype=trainer.amp_dtype)
+        attacks = {"fgsm": self.fgsm, "pgd": self.pgd}
+        if factor < 1.0:
+            attacks = {k: scaled_attack(a, factor) for k, a in attacks.items()}
+        res = evaluate(trainer.model, [(x, y)], attacks, generator=gen, amp_dtype=trainer.amp_dtype)
         acc = res.accuracy()
-        acc["grad_alignment"] = gradient_alignment(trainer.model, x, y, self.threat, gen)
+        acc["grad_alignment"] = gradient_alignment(trainer.model, x, y, attacks["fgsm"].threat, gen)
         return acc
 
     def check(self, trainer: "Trainer") -> Check:
         """Run one check, decide, act; returns the check."""
         t0 = time.perf_counter()
         x, y = self.x.to(trainer.device), self.y.to(trainer.device)
-        acc = self._measure(trainer, x, y)
+        factor = trainer.eps_factor()  # during an ε warm-up, check at the radius being trained
+        acc = self._measure(trainer, x, y, factor)
         signals = {"grad_alignment": acc["grad_alignment"]}
         signals.update({k: sum(v) / len(v) for k, v in self._signals.items() if v})
         self._signals = {}
         if self.train_batch:
             xt, yt = next(iter(trainer.train_loader.iterate(trainer.epoch)))
-            tacc = self._measure(trainer, xt, yt)
+            tacc = self._measure(trainer, xt, yt, factor)
             signals.update({f"train_{k}": v for k, v in tacc.items()})
-        chk = Check(trainer.step, trainer.epoch, acc["clean"], acc["fgsm"], acc["pgd"], signals)
+        chk = Check(trainer.step, trainer.epoch, acc["clean"], acc["fgsm"], acc["pgd"], signals,
+                    eps=self.threat.eps * factor)
         self.checks.append(chk)
         self.check_seconds += time.perf_counter() - t0
-        trainer.emit({"kind": "monitor_check", "clean_acc": chk.clean, "fgsm_acc": chk.fgsm, "pgd_acc": chk.pgd,
+        trainer.emit({"kind": "monitor_check", "eps": chk.eps, "clean_acc": chk.clean, "fgsm_acc": chk.fgsm, "pgd_acc": chk.pgd,
                       **{f"signal/{k}": v for k, v in signals.items()}, "check_seconds": time.perf_counter() - t0})
         evidence = detect_catastrophic(self.checks, self.co)
         if evidence is None:
+            self.co_active = False
             if self.action == "rollback":
                 self._take_snapshot(trainer)
             return chk
+        if self.co_active:  # already declared (warn): one event per episode, not one per check
+            return chk
+        self.co_active = self.action == "warn"
         if evidence["rule"] == "pgd_drop":
             what = f"PGD accuracy on the held-out check batch fell from {evidence['best_pgd_acc']:.3f} to "
         else:
@@ -225,7 +235,7 @@ class OverfitMonitor(Callback):
         return {
             "checks": [c.as_dict() for c in self.checks], "val_robust": list(self.val_robust),
             "events": list(self.events), "rollbacks": self.rollbacks, "applied": list(self.applied),
-            "ro_declared": self.ro_declared, "snapshot": self.snapshot, "check_seconds": self.check_seconds,
+            "ro_declared": self.ro_declared, "co_active": self.co_active, "snapshot": self.snapshot, "check_seconds": self.check_seconds,
             "signals": {k: list(v) for k, v in self._signals.items()},
         }
 
@@ -236,6 +246,7 @@ class OverfitMonitor(Callback):
         self.rollbacks = int(state["rollbacks"])
         self.applied = list(state["applied"])
         self.ro_declared = bool(state["ro_declared"])
+        self.co_active = bool(state["co_active"])
         self.snapshot = state["snapshot"]
         self.check_seconds = float(state["check_seconds"])
         self._signals = {k: list(v) for k, v in state["signals"].items()}

@@ -20,6 +20,7 @@ class Check:
     fgsm: float
     pgd: float
     signals: dict[str, float] = field(default_factory=dict)
+    eps: float = 0.0  # the radius the check attacked with (changes during an ε warm-up)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,13 +50,16 @@ class ROThresholds:
 
 
 def detect_catastrophic(history: Sequence[Check], th: COThresholds = COThresholds()) -> dict[str, Any] | None:
-    """The evidence of CO at the last check of ``history`` (with the rule that fired), or None."""
+    """The evidence of CO at the last check of ``history`` (with the rule that fired), or None.
+
+    The drop rule compares with earlier checks at the same radius only, so an ε warm-up (robust accuracy
+    falls as the radius grows) is not mistaken for a collapse; the gap rule needs no history."""
     if not history:
         return None
     cur = history[-1]
-    signals = {f"signal/{k}": v for k, v in cur.signals.items()}
-    if len(history) >= 2:
-        past = history[:-1]
+    signals = {"eps": cur.eps, **{f"signal/{k}": v for k, v in cur.signals.items()}}
+    past = [c for c in history[:-1] if c.eps == cur.eps]  # running bests at the same radius only
+    if past:
         best_pgd = max(c.pgd for c in past)
         clean_drop = max(c.clean for c in past) - cur.clean
         fgsm_drop = max(c.fgsm for c in past) - cur.fgsm

@@ -115,6 +115,12 @@ class Trainer:
     def steps_per_epoch(self) -> int:
         return len(self.train_loader)
 
+    def eps_factor(self) -> float:
+        """The fraction of the full radius the next training step attacks with (ε warm-up)."""
+        if self.step >= self.eps_warmup_steps:
+            return 1.0
+        return (self.step + 1) / self.eps_warmup_steps
+
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
@@ -169,8 +175,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         attack = self.attack
-        if self.step < self.eps_warmup_steps:
-            attack = scaled_attack(attack, (self.step + 1) / self.eps_warmup_steps)
+        if self.eps_factor() < 1.0:
+            attack = scaled_attack(attack, self.eps_factor())
         result = attack(self.model, x, y, generator=self.generator)
         self.model.train()
         ctx = StepContext(self.model, x, y, result, self.epoch, self.step, self.generator, self.autocast)
