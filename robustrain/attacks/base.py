@@ -9,6 +9,8 @@ work), and restores model mode, BatchNorm statistics, parameter ``.grad`` and ``
 from __future__ import annotations
 
 import contextlib
+import functools
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -51,6 +53,21 @@ class AttackResult:
     loss_init: Tensor | None = None
     grad_init: Tensor | None = None
     loss_adv: Tensor | None = None
+
+
+class _CompileState:
+    """An attack's compiled loss and whether compiling failed, shared with its shallow copies (the Trainer's
+    ε warm-up copies the attack every step), so a failure is tried and reported once."""
+
+    def __init__(self) -> None:
+        self.fn: Callable[..., tuple[Tensor, Tensor, Tensor]] | None = None  # built on first use
+        self.failed = False
+
+    def __getstate__(self) -> dict:
+        return {"fn": None, "failed": self.failed}  # compiled code does not pickle; rebuilt on first use
+
+    def __repr__(self) -> str:
+        return f"_CompileState(compiled={self.fn is not None}, failed={self.failed})"
 
 
 def _norm_layers(model: nn.Module) -> list[nn.Module]:
@@ -118,6 +135,11 @@ class Attack:
             attacks: batch statistics, running statistics untouched).
         amp_dtype: autocast dtype for the model's forward (e.g. torch.bfloat16); the perturbation and
             its update stay fp32.
+        compile: run the forward, the loss and the input-gradient backward through ``torch.compile``
+            (opt-in; the first call for a new model mode or input shape pays the compilation, tens of
+            seconds on CPU). On CPU (width-16 PreActResNet-18, batch 128) PGD-10 ran about 1.5x faster
+            than eager with a contiguous model and 1.2-1.4x with a channels_last one (results/bench_attack.md).
+            When compilation fails the attack warns once and runs eagerly from then on.
     """
 
     name = "attack"
@@ -129,6 +151,7 @@ class Attack:
         loss_fn: LossFn | None = None,
         bn_mode: str = "eval",
         amp_dtype: torch.dtype | None = None,
+        compile: bool = False,
     ):
         if bn_mode not in BN_MODES:
             raise ConfigError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}.")
@@ -136,6 +159,8 @@ class Attack:
         self.loss_fn: LossFn = loss_fn or cross_entropy
         self.bn_mode = bn_mode
         self.amp_dtype = amp_dtype
+        self.compile = bool(compile)
+        self._compile_state = _CompileState()
 
     @property
     def max_norm(self) -> float:
@@ -144,7 +169,7 @@ class Attack:
 
     def __repr__(self) -> str:
         skip = {"threat", "loss_fn"}
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k not in skip)
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k not in skip and not k.startswith("_"))
         return f"{type(self).__name__}({self.threat!r}, {args})"
 
     def __call__(
@@ -177,7 +202,35 @@ class Attack:
         Returns (grad, logits, per-example loss), the last two detached.
         """
         delta = delta.detach().requires_grad_(True)
+        state = self._compile_state
+        if self.compile and not state.failed:
+            try:
+                if state.fn is None:
+                    state.fn = torch.compile(type(self)._loss)  # unbound: each shallow copy passes itself
+                return self._gradient(functools.partial(state.fn, self), model, x, delta, y)
+            except Exception as err:  # compilation failed, or the model itself raises: tell them apart
+                out = self._gradient(self._loss, model, x, delta, y)  # raises when the model does
+                state.failed = True
+                warnings.warn(
+                    f"{type(self).__name__}: torch.compile failed ({type(err).__name__}: "
+                    f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}); this attack runs "
+                    "eagerly from now on.",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                return out
+        return self._gradient(self._loss, model, x, delta, y)
+
+    def _loss(self, model: nn.Module, x: Tensor, delta: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(summed loss, logits, per-example loss) at ``x + delta``: what ``compile`` compiles."""
         logits = self.forward(model, x, delta)
         loss = self.loss_fn(logits, y)
-        (grad,) = torch.autograd.grad(loss.sum(), delta)
+        return loss.sum(), logits, loss
+
+    @staticmethod
+    def _gradient(
+        loss_fn: Callable[..., tuple[Tensor, Tensor, Tensor]], model: nn.Module, x: Tensor, delta: Tensor, y: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        total, logits, loss = loss_fn(model, x, delta, y)
+        (grad,) = torch.autograd.grad(total, delta)
         return grad, logits.detach(), loss.detach()

@@ -23,7 +23,7 @@ class FGSM(Attack):
         init_scale: radius of the uniform random start in units of ε (0 = start at the clean point,
             1 = FGSM-RS, k = N-FGSM).
         project: project onto the ε-ball after the step (N-FGSM does not).
-        **kwargs: ``loss_fn``, ``bn_mode``, ``amp_dtype`` of :class:`Attack`.
+        **kwargs: ``loss_fn``, ``bn_mode``, ``amp_dtype``, ``compile`` of :class:`Attack`.
     """
 
     name = "fgsm"

@@ -48,7 +48,7 @@ class PGD(Attack):
         random_start: start from a uniform point of the ball (else from x).
         keep_best: return the best iterate per example instead of the last one. Off for training
             attacks that follow Rice et al. (last iterate, one restart), on for evaluation.
-        **kwargs: ``loss_fn``, ``bn_mode``, ``amp_dtype`` of :class:`Attack`.
+        **kwargs: ``loss_fn``, ``bn_mode``, ``amp_dtype``, ``compile`` of :class:`Attack`.
     """
 
     name = "pgd"

@@ -195,7 +195,7 @@ class Trainer:
                 term_outs.append(t_out)
                 loss = loss + t_out["loss"]
                 for k, v in t_out.items():
-                    logs[f"{term.name}/{k}"] = float(v)
+                    logs[f"{term.name}/{k}"] = float(v.detach()) if torch.is_tensor(v) else float(v)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"the training loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1} "

@@ -1,0 +1,420 @@
+#!/usr/bin/env python
+"""Benchmark (not a timed test): robustrain's attack path against the usual baselines, on one machine.
+
+Two comparisons, each on the same model and the same batch, in one process, with the contenders
+interleaved in every repeat (the order rotates from repeat to repeat) so that load from other processes
+hits all of them alike:
+
+1. PGD-10, L-inf, eps = 8/255, step 2/255, one random start, model in eval mode:
+   ``torchattacks.PGD`` against robustrain's ``PGD(keep_best=False)`` (the same work: last iterate, one
+   restart), robustrain's default ``PGD`` (keep_best=True, one extra forward plus bookkeeping) and, with
+   ``--compile``, ``PGD(keep_best=False, compile=True)``.
+2. One FGSM-RS training step (attack + training forward/backward + SGD step): a plain hand-written loop
+   in the style of locuslab/fast_adversarial's train_fgsm.py (``loss.backward()`` in the attack, so the
+   weight gradients are computed too; model in train mode throughout) against robustrain's
+   ``FGSMTrainer.train_step`` and, with ``--compile``, the same trainer with ``attack_kwargs={"compile": True}``.
+   Every contender gets its own deep copy of the same initial model and its own SGD optimiser.
+
+Reported: median seconds per call and images/s per contender, per-repeat paired ratios (baseline
+time / contender time) with their median and range, the ratio of the fastest runs, and the CPU that other
+processes used during each repeat (on a shared machine, ``--threads 1`` is far less disturbed by them
+than two threads on two busy cores, and ``--wait-idle`` waits for a quiet moment before each repeat).
+
+Examples:
+    python scripts/bench_attack.py                         # random data, contiguous model, eager + compile
+    python scripts/bench_attack.py --channels-last          # the model built with channels_last=True
+    python /work/shared/data/get_cifar10.py data && python scripts/bench_attack.py --data cifar10 --data-root data
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from robustrain.attacks import PGD
+from robustrain.models import create_model
+from robustrain.threat import make_threat
+from robustrain.training import FGSMTrainer, LRSchedule
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2471, 0.2435, 0.2616)
+EPS = 8 / 255
+PGD_STEP = 2 / 255
+FGSM_STEP = 10 / 255  # Wong et al.: alpha = 1.25 eps, robustrain's FGSM-RS default
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--width", type=int, default=16, help="PreActResNet-18 width (64 in the papers)")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=7, help="timed PGD repeats per contender")
+    p.add_argument("--train-repeats", type=int, default=None,
+                   help="timed training-step repeats per contender (default 3 x --repeats)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls per contender before timing")
+    p.add_argument("--steps", type=int, default=10, help="PGD steps")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--data", choices=("random", "cifar10"), default="random")
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="folder holding cifar-10-batches-bin/ (python /work/shared/data/get_cifar10.py DEST)")
+    p.add_argument("--channels-last", action="store_true", help="build the model with channels_last=True")
+    p.add_argument("--compile", dest="compile", action="store_true", default=True,
+                   help="also time robustrain with compile=True (default)")
+    p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--only", choices=("pgd", "train"), default=None, help="run one of the two comparisons")
+    p.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
+                   help="before each repeat wait up to SECONDS until other processes use < 0.1 core "
+                        "(a shared machine); every repeat records the CPU other processes used during it")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None, help="write the numbers to this file")
+    p.add_argument("--report", type=Path, nargs="+", default=None, metavar="JSON",
+                   help="print the markdown tables of earlier --json files (and, for several, their median "
+                        "ratios side by side) and exit; measures nothing")
+    return p.parse_args(argv)
+
+
+# -- environment -------------------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_avg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+class CpuMeter:
+    """CPU time used by other processes, in cores, from /proc/stat minus this process's own time."""
+
+    def __init__(self) -> None:
+        self.ok = Path("/proc/stat").exists()
+        self.hz = os.sysconf("SC_CLK_TCK") if self.ok else 100
+
+    def sample(self) -> tuple[float, float]:
+        if not self.ok:
+            return 0.0, 0.0
+        vals = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        busy = sum(vals) - vals[3] - (vals[4] if len(vals) > 4 else 0)  # all but idle and iowait
+        own = sum(int(v) for v in Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[11:13])
+        return (busy - own) / self.hz, time.monotonic()
+
+    @staticmethod
+    def cores(a: tuple[float, float], b: tuple[float, float]) -> float:
+        return max(0.0, (b[0] - a[0]) / max(b[1] - a[1], 1e-9))
+
+    def wait_idle(self, timeout: float, threshold: float = 0.1) -> float:
+        """Wait until others use < ``threshold`` cores over one second, or ``timeout`` passed; return the last level."""
+        deadline = time.monotonic() + timeout
+        level = float("nan")
+        while True:
+            a = self.sample()
+            time.sleep(1.0)
+            level = self.cores(a, self.sample())
+            if level < threshold or time.monotonic() >= deadline:
+                return level
+
+
+def environment(args: argparse.Namespace) -> dict:
+    import torchattacks
+
+    return {
+        "torch": torch.__version__,
+        "torchattacks": torchattacks.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "mkldnn": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,
+        "load_avg_start": load_avg(),
+    }
+
+
+# -- data and model ----------------------------------------------------------------------------------
+def load_batch(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(args.seed)
+    if args.data == "random":
+        x = torch.rand(args.batch, 3, 32, 32, generator=gen)
+        y = torch.randint(0, 10, (args.batch,), generator=gen)
+        return x, y
+    if args.data_root is None:
+        sys.exit("--data cifar10 needs --data-root (build it with: python /work/shared/data/get_cifar10.py DEST)")
+    from robustrain.data.cifar import read_cifar10
+
+    ds = read_cifar10(args.data_root, train=True)
+    idx = torch.randperm(ds.images.shape[0], generator=gen)[: args.batch]
+    return ds.images[idx].float().div_(255), ds.labels[idx].clone()
+
+
+def make_model(args: argparse.Namespace) -> torch.nn.Module:
+    torch.manual_seed(args.seed)
+    return create_model("preact_resnet18", num_classes=10, in_channels=3, mean=CIFAR10_MEAN, std=CIFAR10_STD,
+                        width=args.width, channels_last=args.channels_last)
+
+
+# -- contenders --------------------------------------------------------------------------------------
+def pgd_contenders(args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor,
+                   y: torch.Tensor) -> dict[str, Callable[[], object]]:
+    import torchattacks
+
+    threat = make_threat("linf", EPS)
+    ta = torchattacks.PGD(model, eps=EPS, alpha=PGD_STEP, steps=args.steps, random_start=True)
+    last = PGD(threat, steps=args.steps, step=PGD_STEP, keep_best=False)
+    best = PGD(threat, steps=args.steps, step=PGD_STEP)  # keep_best=True, the default
+    gen = torch.Generator().manual_seed(args.seed)
+    out: dict[str, Callable[[], object]] = {
+        "torchattacks.PGD": lambda: ta(x, y),
+        "robustrain PGD keep_best=False": lambda: last(model, x, y, generator=gen),
+        "robustrain PGD keep_best=True": lambda: best(model, x, y, generator=gen),
+    }
+    if args.compile:
+        comp = PGD(threat, steps=args.steps, step=PGD_STEP, keep_best=False, compile=True)
+        out["robustrain PGD keep_best=False compile=True"] = lambda: comp(model, x, y, generator=gen)
+        comp_best = PGD(threat, steps=args.steps, step=PGD_STEP, compile=True)
+        out["robustrain PGD keep_best=True compile=True"] = lambda: comp_best(model, x, y, generator=gen)
+    return out
+
+
+def clamp(X: torch.Tensor, lower_limit: torch.Tensor, upper_limit: torch.Tensor) -> torch.Tensor:
+    return torch.max(torch.min(X, upper_limit), lower_limit)
+
+
+def handwritten_fgsm_step(model: torch.nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, y: torch.Tensor,
+                          epsilon: float = EPS, alpha: float = FGSM_STEP) -> float:
+    """One step of locuslab/fast_adversarial CIFAR10/train_fgsm.py (no AMP; the model normalises inside)."""
+    lower_limit, upper_limit = torch.zeros_like(X), torch.ones_like(X)
+    delta = torch.zeros_like(X).uniform_(-epsilon, epsilon)
+    delta.data = clamp(delta, lower_limit - X, upper_limit - X)
+    delta.requires_grad = True
+    output = model(X + delta)
+    loss = F.cross_entropy(output, y)
+    loss.backward()  # weight gradients too: the reference code pays for them and zeroes them below
+    grad = delta.grad.detach()
+    delta.data = torch.clamp(delta + alpha * torch.sign(grad), -epsilon, epsilon)
+    delta.data = clamp(delta, lower_limit - X, upper_limit - X)
+    delta = delta.detach()
+    output = model(X + delta)
+    loss = F.cross_entropy(output, y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+class _OneBatch:
+    """The Trainer needs a loader only for ``fit``; ``train_step`` is called directly here."""
+
+    def __len__(self) -> int:
+        return 1
+
+    def iterate(self, epoch: int, start_batch: int = 0):
+        return iter(())
+
+
+def sgd(model: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+
+def train_contenders(args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor,
+                     y: torch.Tensor) -> dict[str, Callable[[], object]]:
+    threat = make_threat("linf", EPS)
+    hand = copy.deepcopy(model).train()
+    hand_opt = sgd(hand)
+    out: dict[str, Callable[[], object]] = {
+        "hand-written FGSM-RS step (full backward in attack)": lambda: handwritten_fgsm_step(hand, hand_opt, x, y),
+    }
+    variants = [("robustrain FGSMTrainer.train_step", {})]
+    if args.compile:
+        variants.append(("robustrain FGSMTrainer.train_step compile=True", {"compile": True}))
+    for name, attack_kwargs in variants:
+        m = copy.deepcopy(model).train()
+        schedule = LRSchedule("constant", 0.01, total_steps=10**9, steps_per_epoch=1)
+        trainer = FGSMTrainer(m, threat, sgd(m), schedule, _OneBatch(), variant="fgsm_rs", epochs=1,
+                              seed=args.seed, attack_kwargs=attack_kwargs)
+        assert abs(trainer.attack.step - FGSM_STEP) < 1e-12
+        out[name] = (lambda t: lambda: t.train_step(x, y))(trainer)
+    return out
+
+
+# -- timing ------------------------------------------------------------------------------------------
+def run_interleaved(contenders: dict[str, Callable[[], object]], warmup: int, repeats: int, label: str,
+                    wait_idle: float = 0.0) -> tuple[dict[str, list[float]], list[float]]:
+    """Per-contender seconds of each repeat, and the cores other processes used during each repeat."""
+    names = list(contenders)
+    for name in names:
+        t0 = time.perf_counter()
+        for _ in range(warmup):
+            contenders[name]()
+        print(f"  [{label}] warm-up {name}: {time.perf_counter() - t0:.1f} s", flush=True)
+    meter = CpuMeter()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    others: list[float] = []
+    for r in range(repeats):
+        if wait_idle > 0:
+            meter.wait_idle(wait_idle)
+        order = names[r % len(names):] + names[: r % len(names)]
+        a = meter.sample()
+        for name in order:
+            t0 = time.perf_counter()
+            contenders[name]()
+            times[name].append(time.perf_counter() - t0)
+        others.append(round(meter.cores(a, meter.sample()), 2))
+    print(f"  [{label}] cores used by other processes during each repeat: {others}", flush=True)
+    return times, others
+
+
+def summarise(times: dict[str, list[float]], baseline: str, batch: int) -> dict[str, dict]:
+    out = {}
+    base = times[baseline]
+    for name, ts in times.items():
+        ratios = [b / t for b, t in zip(base, ts)]
+        med = statistics.median(ts)
+        out[name] = {
+            "seconds": ts,
+            "median_s": med,
+            "min_s": min(ts),
+            "max_s": max(ts),
+            "images_per_s": batch / med,
+            "ratio_vs_baseline": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
+                                  "of_fastest_runs": min(base) / min(ts), "per_repeat": ratios},
+        }
+    return out
+
+
+def print_table(title: str, summary: dict[str, dict], baseline: str, target: float | None) -> None:
+    print(f"\n{title} (baseline: {baseline})")
+    w = max(len(n) for n in summary)
+    print(f"  {'contender':{w}s}  {'median s':>9s}  {'img/s':>7s}  {'ratio med':>9s}  {'ratio range':>13s}"
+          f"  {'ratio of min':>12s}")
+    for name, s in summary.items():
+        r = s["ratio_vs_baseline"]
+        flag = ""
+        if target is not None and name != baseline:
+            flag = f"  {'>=' if r['median'] >= target else '<'} target {target}"
+        print(f"  {name:{w}s}  {s['median_s']:9.3f}  {s['images_per_s']:7.1f}  {r['median']:9.3f}  "
+              f"{'[' + format(r['min'], '.2f') + ', ' + format(r['max'], '.2f') + ']':>13s}  "
+              f"{r['of_fastest_runs']:12.3f}{flag}")
+
+
+def markdown_report(paths: list[Path]) -> str:
+    """Markdown tables of one or more ``--json`` files (what results/bench_attack.md shows)."""
+    lines: list[str] = []
+    for path in paths:
+        run = json.loads(path.read_text())
+        env, a = run["environment"], run["args"]
+        lines += [f"### `{path.name}`: {'channels_last' if a['channels_last'] else 'contiguous'} model, "
+                  f"{env['threads']} thread(s), data {a['data']}", "",
+                  f"Command: `python {run['command']}`  ",
+                  f"torch {env['torch']}, torchattacks {env['torchattacks']}, CPU {env['cpu_model']} "
+                  f"({env['cpu_count']} cores), load avg {env['load_avg_start']} -> {env.get('load_avg_end')}, "
+                  f"wall {run['wall_s']:.0f} s", ""]
+        for key, title in (("pgd", f"PGD-{a['steps']}, eval mode"), ("train", "FGSM-RS training step")):
+            if key not in run:
+                continue
+            sec = run[key]
+            others = sec.get("other_process_cores", [])
+            lines += [f"{title}: {sec['repeats']} interleaved repeats; baseline `{sec['baseline']}`; target "
+                      f"{sec['target']}x; cores used by other processes per repeat: median "
+                      f"{statistics.median(others) if others else float('nan'):.2f}", "",
+                      "| contender | median s [min, max] | images/s (median) | ratio, median [min, max] | "
+                      "ratio of fastest runs | target |",
+                      "|---|---|---|---|---|---|"]
+            for name, c in sec["contenders"].items():
+                r = c["ratio_vs_baseline"]
+                hit = "" if name == sec["baseline"] else ("reached" if r["median"] >= sec["target"] else "not reached")
+                lines.append(f"| {name} | {c['median_s']:.3f} [{c['min_s']:.3f}, {c['max_s']:.3f}] | "
+                             f"{c['images_per_s']:.1f} | {r['median']:.3f} [{r['min']:.2f}, {r['max']:.2f}] | "
+                             f"{r['of_fastest_runs']:.3f} | {hit} |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def markdown_summary(paths: list[Path]) -> str:
+    """One row per contender, one column per ``--json`` file: the median ratios side by side."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    names: list[tuple[str, str]] = []
+    for run in runs:
+        for key in ("pgd", "train"):
+            for name in run.get(key, {}).get("contenders", {}):
+                if name != run[key]["baseline"] and (key, name) not in names:
+                    names.append((key, name))
+    head = [f"`{p.parent.name}/{p.name}`" if p.parent.name != "results" else f"`{p.name}`" for p in paths]
+    lines = ["| median ratio vs baseline | " + " | ".join(head) + " |", "|---" * (len(paths) + 1) + "|"]
+    for key, name in names:
+        cells = []
+        for run in runs:
+            c = run.get(key, {}).get("contenders", {}).get(name)
+            cells.append("" if c is None else f"{c['ratio_vs_baseline']['median']:.3f}")
+        lines.append(f"| {key}: {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.report:
+        print(markdown_report(args.report))
+        if len(args.report) > 1:
+            print(markdown_summary(args.report))
+        return 0
+    torch.set_num_threads(args.threads)
+    train_repeats = args.train_repeats if args.train_repeats is not None else 3 * args.repeats
+    env = environment(args)
+    print(f"torch {env['torch']}, torchattacks {env['torchattacks']}, threads {env['threads']} "
+          f"(cpu_count {env['cpu_count']}), CPU: {env['cpu_model']}, load avg {env['load_avg_start']}")
+    print(f"PreActResNet-18 width {args.width}, batch {args.batch}, data {args.data}, "
+          f"channels_last {args.channels_last}, compile {args.compile}")
+    x, y = load_batch(args)
+    model = make_model(args)
+    result: dict = {"command": " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
+                    "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                    "environment": env}
+    t_start = time.perf_counter()
+
+    if args.only in (None, "pgd"):
+        model.eval()
+        baseline = "torchattacks.PGD"
+        times, others = run_interleaved(pgd_contenders(args, model, x, y), args.warmup, args.repeats, "pgd",
+                                        args.wait_idle)
+        result["pgd"] = {"baseline": baseline, "target": 1.15, "repeats": args.repeats,
+                         "other_process_cores": others, "contenders": summarise(times, baseline, args.batch)}
+        print_table(f"PGD-{args.steps} L-inf 8/255, model in eval mode, {args.repeats} repeats",
+                    result["pgd"]["contenders"], baseline, 1.15)
+
+    if args.only in (None, "train"):
+        baseline = "hand-written FGSM-RS step (full backward in attack)"
+        times, others = run_interleaved(train_contenders(args, model, x, y), args.warmup, train_repeats,
+                                        "train", args.wait_idle)
+        result["train"] = {"baseline": baseline, "target": 1.25, "repeats": train_repeats,
+                           "other_process_cores": others, "contenders": summarise(times, baseline, args.batch)}
+        print_table(f"FGSM-RS training step, {train_repeats} repeats", result["train"]["contenders"],
+                    baseline, 1.25)
+
+    result["environment"]["load_avg_end"] = load_avg()
+    result["wall_s"] = time.perf_counter() - t_start
+    print(f"\nload avg at the end {result['environment']['load_avg_end']}; wall {result['wall_s']:.0f} s")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
