@@ -1,6 +1,12 @@
 """Regularisers against catastrophic overfitting: loss terms added to the training objective.
 
-Each regulariser is a :class:`robustrain.training.LossTerm` built as ``cls(threat, **options)``.
+Each regulariser is a :class:`robustrain.training.LossTerm` built as ``cls(threat, **options)``:
+
+* ``elle`` / ``elle_a``: local linearity error on random triplets, constant / adaptive λ (ICLR 2024).
+* ``gradalign``: input-gradient alignment with double backprop (NeurIPS 2020).
+* ``aaer``: abnormal adversarial example regulariser (NeurIPS 2023).
+* ``convergesmooth``: benign-loss convergence constraint (ICCV 2023).
+* ``weight_centralisation``: pull towards the mean of per-epoch weight snapshots (ICCV 2023, same paper).
 """
 from __future__ import annotations
 
@@ -9,8 +15,15 @@ from typing import Any
 from ..registry import build
 from ..threat import ThreatModel
 from ..training.hooks import LossTerm
+from .aaer import AAER
+from .convergesmooth import ConvergeSmooth
+from .elle import ELLE, ELLEA
+from .gradalign import GradAlign
+from .weight_centralisation import WeightCentralisation
 
-REGULARISERS: dict[str, type[LossTerm]] = {}
+REGULARISERS: dict[str, type[LossTerm]] = {
+    cls.name: cls for cls in (ELLE, ELLEA, GradAlign, AAER, ConvergeSmooth, WeightCentralisation)
+}
 
 
 def build_regulariser(name: str, threat: ThreatModel, **options: Any) -> LossTerm:
@@ -19,4 +32,7 @@ def build_regulariser(name: str, threat: ThreatModel, **options: Any) -> LossTer
     return build("regulariser", REGULARISERS, name, threat, **options)
 
 
-__all__ = ["REGULARISERS", "build_regulariser"]
+__all__ = [
+    "AAER", "ConvergeSmooth", "ELLE", "ELLEA", "GradAlign", "REGULARISERS", "WeightCentralisation",
+    "build_regulariser",
+]
