@@ -71,3 +71,22 @@ def trained_digits_model(digits):
 def digits_batch(ds, n: int, offset: int = 0):
     x = ds.images[offset:offset + n].float() / 255
     return x, ds.labels[offset:offset + n]
+
+
+def _kill_at():
+    from robustrain.training import Callback
+
+    class KillAt(Callback):
+        """Simulates a kill right after step ``step`` (after any checkpoint written at that step)."""
+
+        def __init__(self, step: int):
+            self.at = step
+
+        def on_batch_end(self, trainer, logs):
+            if trainer.step == self.at:
+                raise KeyboardInterrupt(f"killed at step {self.at}")
+
+    return KillAt
+
+
+KillAt = _kill_at()

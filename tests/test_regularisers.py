@@ -23,7 +23,8 @@ from robustrain.regularisers.convergesmooth import in_constant_segment, smoothed
 from robustrain.regularisers.elle import elle_default_lambda
 from robustrain.regularisers.gradalign import gradalign_default_lambda
 from robustrain.threat import make_threat
-from robustrain.training import Callback, CrossEntropy, StepContext, load_checkpoint
+from conftest import KillAt
+from robustrain.training import CrossEntropy, StepContext, load_checkpoint
 
 from conftest import digits_batch, make_digits_model
 
@@ -483,15 +484,6 @@ ALL_SIX = ("regularisers=[{name: elle, lam: 50}, {name: elle_a, lam_max: 40}, {n
            "{name: aaer, lam2: 2.5, lam3: 1.5}, {name: convergesmooth, stride: 0}, {name: weight_centralisation}]")
 FAST = ["train.progress=false", "validation.attack={name: pgd, steps: 2, restarts: 1}", "train.log_every=1",
         "data.batch_size=200", "data.val_size=100", "train.epochs=2", "train.checkpoint_every=2"]
-
-
-class KillAt(Callback):
-    def __init__(self, step: int):
-        self.at = step
-
-    def on_batch_end(self, trainer, logs):
-        if trainer.step == self.at:
-            raise KeyboardInterrupt(f"killed at step {self.at}")
 
 
 def test_trainer_run_through_the_config_logs_every_term_and_resumes_exactly(tmp_path):

@@ -15,7 +15,8 @@ import torch
 from robustrain.config import load_config
 from robustrain.errors import CheckpointError, NonFiniteLossError
 from robustrain.experiment import build_trainer, run_training
-from robustrain.training import Callback, FGSMTrainer, LRSchedule, PGDTrainer, load_checkpoint, save_atomic
+from conftest import KillAt
+from robustrain.training import FGSMTrainer, LRSchedule, PGDTrainer, load_checkpoint, save_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ROOT / "configs" / "quickstart_digits.yaml"
@@ -112,17 +113,6 @@ def test_pgd_trainer_preset_trains(digits):
 
 
 # -- exact resume ---------------------------------------------------------------------------------------
-class KillAt(Callback):
-    """Simulates a kill right after step ``step`` (after any checkpoint written at that step)."""
-
-    def __init__(self, step: int):
-        self.at = step
-
-    def on_batch_end(self, trainer, logs):
-        if trainer.step == self.at:
-            raise KeyboardInterrupt(f"killed at step {self.at}")
-
-
 def test_kill_mid_epoch_and_resume_gives_identical_weights(tmp_path):
     overrides = ["train.epochs=3", "train.checkpoint_every=7", "data.batch_size=100"]
     cfg = quick_cfg(tmp_path, *overrides)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..attacks import FGSM, PGD, attack_guard, build_attack
+from ..attacks import FGSM, attack_guard, build_attack
 from ..errors import ConfigError
 from ..evaluation import evaluate
 from ..threat import ThreatModel
