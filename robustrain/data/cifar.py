@@ -42,7 +42,7 @@ def read_cifar10(root: Path, train: bool) -> ArrayDataset:
         raise not_found(
             "CIFAR-10", "train" if train else "test", layouts,
             "point data.root at the folder that holds cifar-10-batches-py/ (data_batch_1..5, test_batch) "
-            f"or cifar-10-batches-bin/ (data_batch_1..5.bin, test_batch.bin).",
+            "or cifar-10-batches-bin/ (data_batch_1..5.bin, test_batch.bin).",
         )
     paths = found.paths()
     if found.folder.name.endswith("-bin"):
