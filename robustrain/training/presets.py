@@ -32,11 +32,12 @@ class FGSMTrainer(Trainer):
 
 class PGDTrainer(Trainer):
     """Multi-step adversarial training (Madry et al. 2018, Rice et al. 2020 recipe): PGD-``steps`` with
-    step ``step`` (default ε/4), one restart, last iterate, BatchNorm in train mode."""
+    step ``step`` (default ε/4), one restart, last iterate, BatchNorm in train mode. ``attack_kwargs`` pass
+    further attack options (e.g. ``compile=True``)."""
 
     def __init__(self, model: nn.Module, threat: ThreatModel, optimizer, schedule, train_loader, *,
                  steps: int = 10, step: float | None = None, restarts: int = 1, bn_mode: str = "train",
-                 **trainer_kwargs: Any):
+                 attack_kwargs: dict | None = None, **trainer_kwargs: Any):
         attack = build_attack("pgd", threat, steps=steps, step=step, restarts=restarts, keep_best=False,
-                              bn_mode=bn_mode, amp_dtype=trainer_kwargs.get("amp_dtype"))
+                              bn_mode=bn_mode, amp_dtype=trainer_kwargs.get("amp_dtype"), **(attack_kwargs or {}))
         super().__init__(model, attack, optimizer, schedule, train_loader, **trainer_kwargs)
