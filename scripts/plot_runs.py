@@ -117,7 +117,7 @@ def plot(runs: dict[str, dict], title: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), sharex=True)
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8), sharex=True)
     panels = [("clean", "validation clean accuracy"), ("pgd", "validation PGD accuracy (full ε)"),
               ("train_attack", "training-attack accuracy (train batches)")]
     cmap = plt.get_cmap("tab10")
@@ -138,9 +138,10 @@ def plot(runs: dict[str, dict], title: str, path: Path) -> None:
         for ax in axes:
             ax.axvspan(0.5, warm + 0.5, color="0.9", zorder=0, label=None)
         axes[1].text(0.55, 95, f"ε warm-up ({warm:g} epochs)", fontsize=8, color="0.4")
-    axes[1].legend(fontsize=8, loc="center right", title="dashed: no regulariser", title_fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=9, loc="center right", title="dashed: no\nregulariser", title_fontsize=8)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.89, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
