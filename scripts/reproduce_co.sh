@@ -33,4 +33,4 @@ for m in "${METHODS[@]}"; do
 done
 "$PY" scripts/plot_runs.py "$OUT" --methods "${METHODS[@]}" --out results/co_mnist \
   --title "MNIST, ε = 0.3, small CNN: catastrophic overfitting and the regularisers" \
-  --command "scripts/reproduce_co.sh ${*:-}"
+  --command "MNIST_ROOT=$MNIST_ROOT THREADS=$OMP_NUM_THREADS scripts/reproduce_co.sh ${*:-}"

@@ -23,10 +23,9 @@ from robustrain.regularisers.convergesmooth import in_constant_segment, smoothed
 from robustrain.regularisers.elle import elle_default_lambda
 from robustrain.regularisers.gradalign import gradalign_default_lambda
 from robustrain.threat import make_threat
-from conftest import KillAt
 from robustrain.training import CrossEntropy, StepContext, load_checkpoint
 
-from conftest import digits_batch, make_digits_model
+from conftest import KillAt, digits_batch, make_digits_model
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ROOT / "configs" / "quickstart_digits.yaml"
@@ -437,6 +436,16 @@ def test_weight_centralisation_value_and_gradient(batch):
 
 
 # -- state: round trip and exact resume -------------------------------------------------------------------
+def assert_same_state(a: dict, b: dict, where: str = "") -> None:
+    assert a.keys() == b.keys(), where
+    for key in a:
+        u, v = a[key], b[key]
+        if isinstance(u, list) and u and isinstance(u[0], torch.Tensor):
+            assert len(u) == len(v) and all(torch.equal(p, q) for p, q in zip(u, v)), (where, key)
+        else:
+            assert u == v, (where, key)
+
+
 def _round_trip(state: dict, tmp_path: Path) -> dict:
     torch.save(state, tmp_path / "state.pt")
     return torch.load(tmp_path / "state.pt", weights_only=True)
@@ -477,6 +486,7 @@ def test_state_dict_round_trip_gives_identical_continuation(name, batch, tmp_pat
     resumed.load_state_dict(saved_state)
     again = run(resumed, resumed_model, 3, 5)
     assert again == full
+    assert_same_state(resumed.state_dict(), term.state_dict())
     assert any(o["loss"] != 0 for o in full)  # the state mattered: the term was on after the resume
 
 
@@ -523,13 +533,7 @@ def test_trainer_run_through_the_config_logs_every_term_and_resumes_exactly(tmp_
     for k, v in full.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
     for a, b in zip(full.loss_terms, resumed.loss_terms):
-        sa, sb = a.state_dict(), b.state_dict()
-        assert sa.keys() == sb.keys()
-        for key in sa:
-            if isinstance(sa[key], list) and sa[key] and isinstance(sa[key][0], torch.Tensor):
-                assert all(torch.equal(u, v) for u, v in zip(sa[key], sb[key]))
-            else:
-                assert sa[key] == sb[key], (a.name, key)
+        assert_same_state(a.state_dict(), b.state_dict(), a.name)
 
     def logged(run: str) -> list[dict]:  # each step once, with the uninterrupted run's values (timings aside)
         lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
