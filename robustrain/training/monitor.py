@@ -75,7 +75,7 @@ class OverfitMonitor(Callback):
         if action == "rollback" and remedy.get("kind") not in REMEDIES:
             raise ConfigError(
                 f"monitor.action rollback needs monitor.remedy with kind in {REMEDIES}, e.g. {{kind: lr, factor: 0.5}}, "
-                f"{{kind: attack, name: nfgsm}} or {{kind: regulariser, name: elle, adaptive: true}}; got {remedy!r}."
+                f"{{kind: attack, name: nfgsm}} or {{kind: regulariser, name: elle_a}}; got {remedy!r}."
             )
         if every is not None and every < 1:
             raise ConfigError(f"monitor.every must be >= 1 step, got {every}.")
