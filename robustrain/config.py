@@ -221,8 +221,9 @@ def _build(cls: type, data: Any, where: str) -> Any:
         kwargs[key] = _convert(value, hints[key], path)
     obj = cls()
     for key, value in kwargs.items():
-        if isinstance(value, dict) and isinstance(getattr(obj, key), dict) and key == "attack":
-            value = {**value} if "name" in value else {**getattr(obj, key), **value}
+        default = getattr(obj, key)
+        if isinstance(value, dict) and isinstance(default, dict) and "name" in default and "name" not in value:
+            value = {**default, **value}  # a named section without a name refines its default (any level)
         setattr(obj, key, value)
     return obj
 

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from robustrain.data.dataset import ArrayDataset
-from robustrain.data.files import Layout, corrupt, first_complete, load_pickle, not_found, to_tensor
+from robustrain.data.files import Layout, corrupt, load_pickle, find_layout, to_tensor
 
 # Published per-channel statistics of the training sets (inputs in [0, 1]).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -37,13 +37,11 @@ def _cifar100_layouts(root: Path, train: bool) -> list[Layout]:
 def read_cifar10(root: Path, train: bool) -> ArrayDataset:
     """CIFAR-10 from ``root/cifar-10-batches-py`` (torchvision) or ``root/cifar-10-batches-bin``."""
     layouts = _cifar10_layouts(root, train)
-    found = first_complete(layouts)
-    if found is None:
-        raise not_found(
-            "CIFAR-10", "train" if train else "test", layouts,
-            "point data.root at the folder that holds cifar-10-batches-py/ (data_batch_1..5, test_batch) "
-            "or cifar-10-batches-bin/ (data_batch_1..5.bin, test_batch.bin).",
-        )
+    found = find_layout(
+        "CIFAR-10", train, layouts,
+        "point data.root at the folder that holds cifar-10-batches-py/ (data_batch_1..5, test_batch) "
+        "or cifar-10-batches-bin/ (data_batch_1..5.bin, test_batch.bin).",
+    )
     paths = found.paths()
     if found.folder.name.endswith("-bin"):
         images, labels = _concat([_read_binary(p, label_bytes=1, label_index=0) for p in paths])
@@ -55,13 +53,11 @@ def read_cifar10(root: Path, train: bool) -> ArrayDataset:
 def read_cifar100(root: Path, train: bool) -> ArrayDataset:
     """CIFAR-100 (fine labels) from ``root/cifar-100-python`` (torchvision) or ``root/cifar-100-binary``."""
     layouts = _cifar100_layouts(root, train)
-    found = first_complete(layouts)
-    if found is None:
-        raise not_found(
-            "CIFAR-100", "train" if train else "test", layouts,
-            "point data.root at the folder that holds cifar-100-python/ (train, test) "
-            "or cifar-100-binary/ (train.bin, test.bin).",
-        )
+    found = find_layout(
+        "CIFAR-100", train, layouts,
+        "point data.root at the folder that holds cifar-100-python/ (train, test) "
+        "or cifar-100-binary/ (train.bin, test.bin).",
+    )
     (path,) = found.paths()
     if found.folder.name.endswith("-binary"):
         images, labels = _read_binary(path, label_bytes=2, label_index=1)  # coarse byte, then fine byte

@@ -72,6 +72,14 @@ def not_found(dataset: str, split: str, layouts: Sequence[Layout], how_to_fix: s
     )
 
 
+def find_layout(dataset: str, train: bool, layouts: Sequence[Layout], how_to_fix: str) -> Layout:
+    """The first complete layout, or the :func:`not_found` error naming every place looked in."""
+    found = first_complete(layouts)
+    if found is None:
+        raise not_found(dataset, "train" if train else "test", layouts, how_to_fix)
+    return found
+
+
 def corrupt(path: Path, problem: str) -> DataNotFoundError:
     """The error for a data file that exists but cannot be what it claims to be."""
     return DataNotFoundError(

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from robustrain.data.dataset import ArrayDataset
-from robustrain.data.files import Layout, corrupt, first_complete, not_found, read_bytes, to_tensor
+from robustrain.data.files import Layout, corrupt, find_layout, read_bytes, to_tensor
 
 # Published statistics of the MNIST training set (inputs in [0, 1]).
 MNIST_MEAN = (0.1307,)
@@ -36,14 +36,12 @@ def _layouts(root: Path, train: bool) -> list[Layout]:
 def read_mnist(root: Path, train: bool) -> ArrayDataset:
     """MNIST, 1 x 28 x 28, from the first folder that holds both the image and the label file."""
     layouts = _layouts(root, train)
-    found = first_complete(layouts)
-    if found is None:
-        images_stem, labels_stem = _stems(train)
-        raise not_found(
-            "MNIST", "train" if train else "test", layouts,
-            f"put {images_stem}[.gz] and {labels_stem}[.gz] (the official files, gzipped or not) "
-            "in data.root or in data.root/MNIST/raw/.",
-        )
+    images_stem, labels_stem = _stems(train)
+    found = find_layout(
+        "MNIST", train, layouts,
+        f"put {images_stem}[.gz] and {labels_stem}[.gz] (the official files, gzipped or not) "
+        "in data.root or in data.root/MNIST/raw/.",
+    )
     images_path, labels_path = found.paths()
     images = read_idx(images_path)
     labels = read_idx(labels_path)

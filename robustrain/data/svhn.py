@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from robustrain.data.dataset import ArrayDataset
-from robustrain.data.files import Layout, corrupt, first_complete, not_found, to_tensor
+from robustrain.data.files import Layout, corrupt, find_layout, to_tensor
 
 # Published per-channel statistics of the SVHN training set (inputs in [0, 1]).
 SVHN_MEAN = (0.4377, 0.4438, 0.4728)
@@ -21,13 +21,11 @@ def _layouts(root: Path, train: bool) -> list[Layout]:
 def read_svhn(root: Path, train: bool) -> ArrayDataset:
     """SVHN cropped digits; label 10 (the digit 0) becomes 0, as in torchvision."""
     layouts = _layouts(root, train)
-    found = first_complete(layouts)
-    if found is None:
-        raise not_found(
-            "SVHN", "train" if train else "test", layouts,
-            "put train_32x32.mat and test_32x32.mat (http://ufldl.stanford.edu/housenumbers/) "
-            "directly in the folder data.root points at.",
-        )
+    found = find_layout(
+        "SVHN", train, layouts,
+        "put train_32x32.mat and test_32x32.mat (http://ufldl.stanford.edu/housenumbers/) "
+        "directly in the folder data.root points at.",
+    )
     (path,) = found.paths()
     import scipy.io
 
