@@ -216,3 +216,53 @@ def test_bad_monitor_configs():
     with pytest.raises(ConfigError, match="every"):
         OverfitMonitor(torch.zeros(1, 1, 8, 8), torch.zeros(1, dtype=torch.long), make_threat("linf", 0.1), every=0)
 
+# -- integration on real data ---------------------------------------------------------------------------
+
+
+def _mnist_dir() -> Path:
+    from conftest import SHARED_DATA
+
+    return SHARED_DATA / "mnist"
+
+
+def mnist_run(tmp_path, name, *overrides):
+    """One epoch of the MNIST monitor recipe with ε ramped to 0.2 (0.3 over 1.5 epochs): FGSM collapses
+    around ε ≈ 0.15, well inside the epoch."""
+    mnist = _mnist_dir()
+    if not (mnist / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"MNIST files not found in {mnist}")
+    cfg = load_config(ROOT / "configs" / "mnist_fgsm_monitor.yaml",
+                      [f"data.root={mnist}", "train.progress=false", "train.epochs=1", "train.eps_warmup_epochs=1.5",
+                       "validation.attack={name: pgd, steps: 5, step: 0.025, restarts: 1}", f"out_dir={tmp_path}",
+                       *overrides])
+    trainer, _ = build_trainer(cfg, tmp_path / name)
+    trainer.fit()
+    return next(cb for cb in trainer.callbacks if isinstance(cb, OverfitMonitor))
+
+
+@pytest.mark.slow
+def test_mnist_fgsm_collapse_is_caught_and_rollback_repairs_it(tmp_path):
+    warn = mnist_run(tmp_path, "warn", "monitor.action=warn")
+    co = [e for e in warn.events if e["kind"] == "catastrophic_overfitting"]
+    assert len(co) == 1, warn.events
+    at = next(i for i, c in enumerate(warn.checks) if c.step == co[0]["step"])
+    before, declared = warn.checks[:at], warn.checks[at]
+    # the run was robust first (small radius), then PGD accuracy fell behind FGSM accuracy: the first check
+    # where it did is the one the monitor declared
+    assert before and before[0].pgd > 0.7
+    assert all(c.fgsm - c.pgd <= 0.3 for c in before)
+    assert declared.fgsm - declared.pgd > 0.3
+    assert warn.checks[-1].pgd < 0.3  # left alone, the collapse goes on
+
+    repaired = mnist_run(tmp_path, "rollback")
+    kinds = [e["kind"] for e in repaired.events]
+    assert kinds[:2] == ["catastrophic_overfitting", "rollback"]
+    assert repaired.checks[-1].eps == warn.checks[-1].eps
+    assert repaired.checks[-1].pgd > warn.checks[-1].pgd + 0.3  # robust instead of collapsed
+
+
+@pytest.mark.slow
+def test_mnist_healthy_nfgsm_run_declares_nothing(tmp_path):
+    healthy = mnist_run(tmp_path, "nfgsm", "monitor.action=warn", "attack={name: nfgsm, bn_mode: train}")
+    assert healthy.events == []
+    assert healthy.checks[-1].pgd > 0.5
