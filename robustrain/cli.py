@@ -69,6 +69,9 @@ def _eval(args: argparse.Namespace) -> int:
     out.write_text(json.dumps(report, indent=2))
     print(format_table([row], list(row)))
     print(f"\nwritten: {out}")
+    from .tracking import attach_report
+
+    attach_report(target if target.is_dir() else target.parent, out)  # a tracked run gets the report in wandb
     return 0
 
 

@@ -97,6 +97,7 @@ class ValidationConfig:
 
     attack: dict = _attack_field(name="pgd", steps=10, restarts=1)
     select_on: str = "val_robust_acc"
+    fgsm: bool = True  # also report val_fgsm_acc (zero-init FGSM, step ε): a gap to PGD flags CO
 
 
 @dataclass
@@ -133,6 +134,22 @@ class MonitorConfig:
 
 
 @dataclass
+class WandbConfig:
+    """Weights & Biases tracking (rank 0 only). ``mode``: auto (the WANDB_MODE environment variable if set, else
+    online when an API key is configured and api.wandb.ai answers within a second, else offline), online,
+    offline (``wandb sync`` uploads later; the command is printed at the end) or disabled. ``metrics.jsonl`` is
+    written in every mode. ``log_checkpoints`` uploads best.pt and last.pt as model artifacts."""
+
+    mode: str = "auto"
+    project: str = "robustrain"
+    entity: str | None = None
+    group: str | None = None
+    tags: list = field(default_factory=list)
+    run_name: str | None = None  # default: the config's name
+    log_checkpoints: bool = False
+
+
+@dataclass
 class Config:
     """A whole run. ``out_dir/name`` is the run folder."""
 
@@ -143,13 +160,16 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     threat: ThreatConfig = field(default_factory=ThreatConfig)
     attack: dict = _attack_field(name="fgsm_rs", bn_mode="train")
+    objective: dict = _attack_field(name="ce")  # ce | trades | mart and its options (e.g. beta)
     regularisers: list = field(default_factory=list)
+    weight_perturbation: dict | None = None  # null, or {name: awp | rwp | lap, ...options}
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 # -- value conversion -----------------------------------------------------------------------------------
@@ -228,6 +248,9 @@ def _build(cls: type, data: Any, where: str) -> Any:
     return obj
 
 
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
 # -- validation -----------------------------------------------------------------------------------------
 def _check_radius(value: float, where: str, norm: str) -> None:
     if value < 0:
@@ -278,6 +301,22 @@ def check_attack_section(section: dict, where: str, norm: str) -> None:
     check_section("attack", ATTACKS, section, where, norm, hidden=("loss_fn", "amp_dtype"))
 
 
+def _check_objective_and_perturbation(cfg: Config) -> None:
+    from .perturbation import WEIGHT_PERTURBATIONS
+    from .training.objectives import OBJECTIVES
+
+    check_section("objective", OBJECTIVES, cfg.objective, "objective", cfg.threat.norm)
+    smoothing = cfg.objective.get("label_smoothing")
+    if cfg.train.label_smoothing and (cfg.objective["name"] != "ce" or smoothing not in (None, cfg.train.label_smoothing)):
+        raise ConfigError(
+            f"train.label_smoothing = {cfg.train.label_smoothing:g} conflicts with objective = {cfg.objective!r}: label "
+            "smoothing belongs to the ce objective; set it in one place (objective.label_smoothing)."
+        )
+    if cfg.weight_perturbation is not None:
+        check_section("weight perturbation", WEIGHT_PERTURBATIONS, cfg.weight_perturbation, "weight_perturbation",
+                      cfg.threat.norm)
+
+
 def validate(cfg: Config) -> Config:
     """Cross-field checks; raises ConfigError with a fix for each problem."""
     cfg.threat.norm = str(cfg.threat.norm).lower()
@@ -292,6 +331,7 @@ def validate(cfg: Config) -> Config:
 
     for i, section in enumerate(cfg.regularisers):
         check_section("regulariser", REGULARISERS, section, f"regularisers[{i}]", cfg.threat.norm)
+    _check_objective_and_perturbation(cfg)
     m = cfg.monitor
     if m.action not in ("warn", "stop", "rollback"):
         hint = closest(m.action, ["warn", "stop", "rollback"])
@@ -323,6 +363,12 @@ def validate(cfg: Config) -> Config:
             f"train.amp = {cfg.train.amp!r}; expected null (fp32) or bf16 (fp16 would need loss scaling, which "
             "robustrain does not do; bf16 needs none)."
         )
+    if cfg.wandb.mode not in WANDB_MODES:
+        hint = closest(cfg.wandb.mode, WANDB_MODES)
+        raise ConfigError(f"wandb.mode = {cfg.wandb.mode!r}; expected one of {', '.join(WANDB_MODES)}."
+                          + (f" Did you mean {hint!r}?" if hint else ""))
+    if not all(isinstance(t, str) and t for t in cfg.wandb.tags):
+        raise ConfigError(f"wandb.tags must be a list of non-empty strings, got {cfg.wandb.tags!r}.")
     if cfg.optim.name not in ("sgd", "adam", "adamw"):
         hint = closest(cfg.optim.name, ["sgd", "adam", "adamw"])
         raise ConfigError(f"optim.name = {cfg.optim.name!r}; expected sgd, adam or adamw." + (f" Did you mean {hint!r}?" if hint else ""))

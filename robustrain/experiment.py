@@ -24,8 +24,10 @@ from .regularisers import build_regulariser
 from .threat import ThreatModel, make_threat
 from .training import Checkpointer, JSONLLogger, LRSchedule, ProgressBar, Trainer
 from .training.monitor import OverfitMonitor
-from .training.objectives import CrossEntropy
+from .perturbation import build_weight_perturbation
+from .training.objectives import build_objective
 from .training.overfitting import COThresholds, ROThresholds
+from .tracking import WandbLogger
 
 AMP = {None: None, "bf16": torch.bfloat16}
 
@@ -113,6 +115,22 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimize
     return cls(model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
 
 
+def build_objective_from(cfg: Config) -> Any:
+    """The training objective of ``cfg.objective`` (train.label_smoothing is the ce objective's default)."""
+    options = {k: v for k, v in cfg.objective.items() if k != "name"}
+    if cfg.objective["name"] == "ce":
+        options.setdefault("label_smoothing", cfg.train.label_smoothing)
+    return build_objective(cfg.objective["name"], **options)
+
+
+def build_weight_perturbation_from(cfg: Config, threat: ThreatModel) -> Any:
+    """The weight perturbation of ``cfg.weight_perturbation``, or None."""
+    section = cfg.weight_perturbation
+    if section is None:
+        return None
+    return build_weight_perturbation(section["name"], threat, **{k: v for k, v in section.items() if k != "name"})
+
+
 def build_trainer(cfg: Config, run_dir: Path, data: Data | None = None) -> tuple[Trainer, Data]:
     """The Trainer for ``cfg`` writing into ``run_dir`` (loggers and checkpointer attached)."""
     data = data or build_data(cfg)
@@ -134,14 +152,26 @@ def build_trainer(cfg: Config, run_dir: Path, data: Data | None = None) -> tuple
         *([build_monitor(cfg, data, threat)] if cfg.monitor.enabled else []),
         Checkpointer(run_dir, monitor=cfg.validation.select_on, every_steps=cfg.train.checkpoint_every),
         ProgressBar(enabled=cfg.train.progress),
+        build_tracker(cfg, run_dir),
     ]
+    extra_val = {"fgsm": build_attack_from({"name": "fgsm"}, threat, default_bn="eval", force_eval=True, amp_dtype=amp)} \
+        if cfg.validation.fgsm else {}
     trainer = Trainer(model, attack, build_optimizer(cfg, model), schedule, data.train, epochs=cfg.train.epochs,
-                      val_loader=data.val, val_attack=val_attack,
-                      objective=CrossEntropy(cfg.train.label_smoothing), loss_terms=terms, callbacks=callbacks,
+                      val_loader=data.val, val_attack=val_attack, extra_val_attacks=extra_val,
+                      objective=build_objective_from(cfg), loss_terms=terms, callbacks=callbacks,
+                      weight_perturbation=build_weight_perturbation_from(cfg, threat),
                       grad_clip=cfg.train.grad_clip, amp_dtype=amp,
                       eps_warmup_steps=round(cfg.train.eps_warmup_epochs * steps_per_epoch), seed=cfg.seed,
                       config=to_dict(cfg))
     return trainer, data
+
+
+def build_tracker(cfg: Config, run_dir: Path) -> WandbLogger:
+    """The Weights & Biases callback of ``cfg.wandb`` (it resolves its mode and rank when training starts)."""
+    w = cfg.wandb
+    return WandbLogger(run_dir, mode=w.mode, project=w.project, entity=w.entity, group=w.group, tags=w.tags,
+                       name=w.run_name or cfg.name, config=to_dict(cfg), environment=environment(),
+                       log_every=cfg.train.log_every, log_checkpoints=w.log_checkpoints)
 
 
 # -- run folder -----------------------------------------------------------------------------------------
@@ -254,6 +284,17 @@ def run_training(cfg: Config, run_dir: Path, *, resume: bool = False) -> dict[st
     ckpt = run_dir / "last.pt" if resume else None
     if resume and not ckpt.exists():
         raise ConfigError(f"--resume: {str(ckpt)!r} does not exist; nothing to resume in {str(run_dir)!r}.")
+    tracker = next((cb for cb in trainer.callbacks if isinstance(cb, WandbLogger)), None)
+    if tracker is not None:
+        tracker.finish_at_fit_end = False  # finished below, with the test results
     t0 = time.perf_counter()
-    trainer.fit(resume=ckpt)
-    return final_evaluation(cfg, run_dir, trainer, data, time.perf_counter() - t0)
+    try:
+        trainer.fit(resume=ckpt)
+        summary = final_evaluation(cfg, run_dir, trainer, data, time.perf_counter() - t0)
+    except BaseException:
+        if tracker is not None:
+            tracker.finish(exit_code=1)
+        raise
+    if tracker is not None:
+        tracker.finish(summary)
+    return summary

@@ -9,6 +9,10 @@ import torch
 from hypothesis import HealthCheck, settings
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Training runs in tests are not tracked unless a test asks for it (wandb.mode: offline in tests/test_tracking.py);
+# the default wandb.mode (auto) would otherwise open an offline wandb run for every run_training call.
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("WANDB_SILENT", "true")
 
 
 

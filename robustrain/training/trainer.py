@@ -49,6 +49,7 @@ class Trainer:
         epochs: number of epochs.
         val_loader: held-out validation batches (``iterate(0)``), evaluated after each epoch.
         val_attack: the validation attack (eval mode), e.g. PGD-10; None validates clean accuracy only.
+        extra_val_attacks: more validation attacks by name (e.g. ``{"fgsm": ...}``), reported as ``val_<name>_acc``.
         objective: the main loss (cross-entropy with optional label smoothing by default).
         loss_terms: regularisers added to the loss.
         weight_perturbation: optional context the optimiser step runs in (AWP, RWP, LAP).
@@ -73,6 +74,7 @@ class Trainer:
         epochs: int,
         val_loader: Any = None,
         val_attack: Attack | None = None,
+        extra_val_attacks: dict[str, Attack] | None = None,
         objective: Any = None,
         loss_terms: Sequence[LossTerm] = (),
         weight_perturbation: WeightPerturbation | None = None,
@@ -90,6 +92,7 @@ class Trainer:
         self.train_loader = train_loader
         self.val_loader = val_loader
         self.val_attack = val_attack
+        self.extra_val_attacks = dict(extra_val_attacks or {})
         self.objective = objective or CrossEntropy()
         self.loss_terms = list(loss_terms)
         self.weight_perturbation = weight_perturbation
@@ -226,6 +229,7 @@ class Trainer:
         attacks = {"robust": self.val_attack} if self.val_attack is not None else {}
         res = evaluate(self.model, self.val_loader.iterate(0), attacks, generator=gen, amp_dtype=self.amp_dtype)
         return {f"val_{k}_acc": v for k, v in res.accuracy().items()}
+        attacks.update(self.extra_val_attacks)  # after "robust": its random starts stay those of earlier runs
 
     def emit(self, event: dict[str, Any]) -> None:
         """Announce an event (e.g. catastrophic overfitting declared) to every callback's ``on_event``."""
