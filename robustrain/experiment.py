@@ -27,6 +27,7 @@ from .training.monitor import OverfitMonitor
 from .perturbation import build_weight_perturbation
 from .training.objectives import build_objective
 from .training.overfitting import COThresholds, ROThresholds
+from .tables import format_table  # noqa: F401  (re-exported: the CLI and evaluation reports import it from here)
 from .tracking import WandbLogger
 
 AMP = {None: None, "bf16": torch.bfloat16}
@@ -232,14 +233,6 @@ def evaluate_model(model: torch.nn.Module, loader: BatchLoader, attack: Attack, 
     if n_ex is not None:
         res.correct = {k: v[:n_ex] for k, v in res.correct.items()}
     return res
-
-
-def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    """A markdown table."""
-    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
-    return "\n".join([line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])
 
 
 def final_evaluation(cfg: Config, run_dir: Path, trainer: Trainer, data: Data, train_seconds: float) -> dict[str, Any]:

@@ -8,8 +8,9 @@ from .fgsm import FGSM
 from .fgsm_rs import FGSMRS
 from .nfgsm import NFGSM
 from .pgd import PGD
+from .trades import TRADESAttack, kl_from_clean
 
-ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (FGSM, FGSMRS, NFGSM, PGD)}
+ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (FGSM, FGSMRS, NFGSM, PGD, TRADESAttack)}
 
 
 def attack_arguments(cls: type[Attack]) -> list[str]:
@@ -24,6 +25,6 @@ def build_attack(name: str, threat: ThreatModel, **kwargs) -> Attack:
 
 
 __all__ = [
-    "ATTACKS", "Attack", "AttackResult", "FGSM", "FGSMRS", "LossFn", "NFGSM", "PGD",
-    "attack_arguments", "attack_guard", "build_attack", "cross_entropy",
+    "ATTACKS", "Attack", "AttackResult", "FGSM", "FGSMRS", "LossFn", "NFGSM", "PGD", "TRADESAttack",
+    "attack_arguments", "attack_guard", "build_attack", "cross_entropy", "kl_from_clean",
 ]

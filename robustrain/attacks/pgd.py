@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .. import kernels
 from ..errors import ConfigError
-from ..threat import ThreatModel, clip_to_box
+from ..threat import ThreatModel
 from .base import Attack, AttackResult
 
 
@@ -30,11 +31,8 @@ class _Best:
         if self.delta is None:
             self.delta, self.loss, self.wrong = delta.clone(), loss.clone(), wrong
             return
-        better = (wrong & ~self.wrong) | ((wrong == self.wrong) & (loss > self.loss))
-        if better.any():
-            self.delta[better] = delta[better]
-            self.loss = torch.where(better, loss, self.loss)
-            self.wrong = wrong | self.wrong
+        self.delta, self.loss, self.wrong = kernels.keep_best_update(self.delta, self.loss, self.wrong, delta, loss,
+                                                                     wrong)
 
 
 class PGD(Attack):
@@ -73,6 +71,10 @@ class PGD(Attack):
         self.random_start = bool(random_start)
         self.keep_best = bool(keep_best)
 
+    def start(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+        """The random start of one restart (fp32): uniform in the ball ∩ box; presets may override it."""
+        return kernels.pgd_start(self.threat, x, generator)
+
     def run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> AttackResult:
         xf = x.float()
         best = _Best()
@@ -81,7 +83,7 @@ class PGD(Attack):
         score_final = self.keep_best or self.restarts > 1
         for _ in range(self.restarts):
             if self.random_start:
-                delta = self.threat.pgd_start(x, generator)
+                delta = self.start(x, generator)
             else:
                 delta = torch.zeros_like(xf)
             for t in range(self.steps):
@@ -90,8 +92,7 @@ class PGD(Attack):
                     first = (delta, logits, loss, grad)
                 if score_iterates:
                     best.update(delta, logits, loss, y)
-                delta = self.threat.project(delta + self.step * self.threat.ascent_direction(grad))
-                delta = clip_to_box(xf, delta)
+                delta = kernels.ascent_step(self.threat, delta, grad, x, self.step)
             if score_final:
                 with torch.no_grad():
                     logits = self.forward(model, x, delta)

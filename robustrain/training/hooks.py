@@ -33,6 +33,7 @@ class StepContext:
     autocast: Callable[[], contextlib.AbstractContextManager]
     logits_adv: Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    optimizer: torch.optim.Optimizer | None = None  # the trainer's (LAP's official-code behaviour steps it)
 
 
 class LossTerm:
@@ -64,14 +65,15 @@ class LossTerm:
 class WeightPerturbation:
     """Weight perturbation hook (AWP, RWP, LAP): the optimiser step runs inside :meth:`applied`.
 
-    ``applied(ctx, loss_fn)`` perturbs the weights (``loss_fn()`` recomputes the training objective at
-    the current weights, for methods that ascend it), yields, and restores the weights in ``finally``.
+    ``applied(ctx, loss_fn)`` perturbs the weights (``loss_fn()`` recomputes the training objective's mean at
+    the current weights, ``loss_fn(per_example=True)`` its per-example values (B,), for methods that ascend
+    it), yields, and restores the weights in ``finally``. Implementations live in ``robustrain.perturbation``.
     """
 
     name = "weight_perturbation"
 
     @contextlib.contextmanager
-    def applied(self, ctx: StepContext, loss_fn: Callable[[], Tensor]) -> Iterator[None]:
+    def applied(self, ctx: StepContext, loss_fn: Callable[..., Tensor]) -> Iterator[None]:
         yield
 
     def state_dict(self) -> dict[str, Any]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,12 +16,14 @@ import torch
 from torch import Tensor, nn
 
 from ..attacks import Attack
+from ..distributed import DistInfo, barrier, current, gather_objects
 from ..errors import CheckpointError, NonFiniteLossError
 from ..evaluation import evaluate
 from .callbacks import Callback
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from .hooks import LossTerm, StepContext, WeightPerturbation
 from .objectives import CrossEntropy
+from .parallel import rank_seed, sync_step, sync_term_states, training_module
 from .schedules import LRSchedule
 
 CHECKPOINT_VERSION = 1
@@ -61,6 +62,13 @@ class Trainer:
         seed: seeds the trainer's generator (attack noise, regulariser draws); the global RNGs (dropout) are
             the caller's to seed, and are saved and restored with every checkpoint.
         config: plain-data config stored in every checkpoint.
+        compile: run the training forward/backward through ``torch.compile`` (falls back to eager, with one
+            warning, where compiling fails); attacks, validation and checkpoints use the eager model.
+        dist: the process group this trainer is part of (default: the current one, see
+            :mod:`robustrain.distributed`). With more than one process the training forward/backward runs through
+            ``DistributedDataParallel`` (the attack runs on the plain model, on this rank's shard, with the
+            rank's own generator), logs and loss-term inputs are averaged over ranks, callbacks run on rank 0
+            only unless they set ``every_rank``, and checkpoints (written by rank 0) hold every rank's RNGs.
     """
 
     def __init__(
@@ -84,6 +92,8 @@ class Trainer:
         eps_warmup_steps: int = 0,
         seed: int = 0,
         config: dict | None = None,
+        compile: bool = False,
+        dist: DistInfo | None = None,
     ):
         self.model = model
         self.attack = attack
@@ -104,7 +114,9 @@ class Trainer:
         self.seed = int(seed)
         self.config = config or {}
         self.device = next(model.parameters()).device
-        self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        self.dist = dist or current()
+        self.generator = torch.Generator(device=self.device).manual_seed(rank_seed(self.seed, self.dist.rank))
+        self.train_model = training_module(model, self.dist, compile=compile)  # the model itself, or wrapped
         # progress
         self.epoch = 0  # finished epochs
         self.batch_in_epoch = 0  # finished batches of the current epoch
@@ -144,7 +156,7 @@ class Trainer:
                 self._call("on_epoch_end", metrics)
             self._call("on_fit_end")
         except BaseException as exc:
-            for cb in self.callbacks:
+            for cb in self._callbacks_here():
                 cb.on_exception(self, exc)
             raise
         return self.history
@@ -166,6 +178,8 @@ class Trainer:
         self._call("on_validation_end", metrics)
         for term in self.loss_terms:
             term.on_epoch_end(self.epoch)
+        if self.dist.enabled:
+            sync_term_states(self.loss_terms, self.device)  # rank 0's, so every rank continues alike
         self.epoch += 1
         self.batch_in_epoch = 0
         self.history.append(metrics)
@@ -182,10 +196,12 @@ class Trainer:
             attack = scaled_attack(attack, self.eps_factor())
         result = attack(self.model, x, y, generator=self.generator)
         self.model.train()
-        ctx = StepContext(self.model, x, y, result, self.epoch, self.step, self.generator, self.autocast)
+        ctx = StepContext(self.train_model, x, y, result, self.epoch, self.step, self.generator, self.autocast,
+                          optimizer=self.optimizer)
 
-        def loss_fn() -> Tensor:
-            return self.objective(ctx)["loss"]
+        def loss_fn(per_example: bool = False) -> Tensor:
+            out = self.objective(ctx)
+            return out["per_example"] if per_example else out["loss"]
 
         wp = self.weight_perturbation.applied(ctx, loss_fn) if self.weight_perturbation else contextlib.nullcontext()
         with wp:
@@ -199,26 +215,27 @@ class Trainer:
                 loss = loss + t_out["loss"]
                 for k, v in t_out.items():
                     logs[f"{term.name}/{k}"] = float(v.detach()) if torch.is_tensor(v) else float(v)
-            if not torch.isfinite(loss):
+            synced = sync_step(ctx, loss, logs, self.loss_terms, term_outs, self.dist)  # all ranks see the global batch's values
+            logs = synced.logs
+            if not synced.finite:
                 raise NonFiniteLossError(
-                    f"the training loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1} "
+                    f"the training loss became {synced.loss} at epoch {self.epoch + 1}, step {self.step + 1} "
                     f"(main loss {logs['loss_main']:.4g}; terms: "
                     f"{ {k: v for k, v in logs.items() if '/' in k} }). The weights were not updated and "
                     "checkpoints already written are intact; lower the learning rate or a regulariser weight, "
                     "or enable grad_clip."
                 )
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            synced.backward_loss.backward()
             if self.grad_clip:
                 logs["grad_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip))
             self.optimizer.step()
-        for term, t_out in zip(self.loss_terms, term_outs):
+        for term, t_out in zip(self.loss_terms, synced.term_outs):
             term.after_step(ctx, t_out)
-        with torch.no_grad():
-            adv_acc = (ctx.logits_adv.argmax(1) == y).float().mean().item() if ctx.logits_adv is not None else math.nan
         dt = time.perf_counter() - t0
         logs["eps"] = attack.threat.eps
-        logs.update({"loss": loss.item(), "train_adv_acc": adv_acc, "lr": lr, "images_per_s": x.shape[0] / dt})
+        logs.update({"loss": synced.loss, "train_adv_acc": synced.adv_acc, "lr": lr,
+                     "images_per_s": synced.examples / dt})
         return logs
 
     def validate(self) -> dict[str, float]:
@@ -227,9 +244,10 @@ class Trainer:
             return {}
         gen = torch.Generator(device=self.device).manual_seed(self.seed + 1_000_003)
         attacks = {"robust": self.val_attack} if self.val_attack is not None else {}
-        res = evaluate(self.model, self.val_loader.iterate(0), attacks, generator=gen, amp_dtype=self.amp_dtype)
-        return {f"val_{k}_acc": v for k, v in res.accuracy().items()}
         attacks.update(self.extra_val_attacks)  # after "robust": its random starts stay those of earlier runs
+        res = evaluate(self.model, self.val_loader.iterate(0), attacks, generator=gen, amp_dtype=self.amp_dtype,
+                       distributed=self.dist.enabled)
+        return {f"val_{k}_acc": v for k, v in res.accuracy().items()}
 
     def emit(self, event: dict[str, Any]) -> None:
         """Announce an event (e.g. catastrophic overfitting declared) to every callback's ``on_event``."""
@@ -237,11 +255,16 @@ class Trainer:
         self._call("on_event", event)
 
     def _call(self, hook: str, *args: Any) -> None:
-        for cb in self.callbacks:
+        for cb in self._callbacks_here():
             getattr(cb, hook)(self, *args)
+
+    def _callbacks_here(self) -> list[Callback]:
+        """Every callback on rank 0 (or a single process); on other ranks those that set ``every_rank``."""
+        return self.callbacks if self.dist.is_main else [cb for cb in self.callbacks if cb.every_rank]
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs (in a process group every rank must call it: it gathers every rank's RNGs)."""
         return {
             "version": CHECKPOINT_VERSION,
             "model": self.model.state_dict(),
@@ -249,6 +272,7 @@ class Trainer:
             "trainer": {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
                         "history": self.history, "seed": self.seed},
             "rng": rng_state(self.generator),
+            **({"rng_ranks": gather_objects(rng_state(self.generator))} if self.dist.enabled else {}),
             "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
             "loss_terms": {t.name: t.state_dict() for t in self.loss_terms},
             "weight_perturbation": self.weight_perturbation.state_dict() if self.weight_perturbation else {},
@@ -256,7 +280,11 @@ class Trainer:
         }
 
     def save_checkpoint(self, path: str | Path) -> None:
-        save_atomic(self.state_dict(), path)
+        """Write the checkpoint (in a process group: every rank calls this, rank 0 writes, all wait for it)."""
+        state = self.state_dict()
+        if self.dist.is_main:
+            save_atomic(state, path)
+        barrier()
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore model, optimiser, progress, callbacks, terms and every RNG from ``path``."""
@@ -277,7 +305,11 @@ class Trainer:
         t = ckpt["trainer"]
         self.epoch, self.batch_in_epoch, self.step = t["epoch"], t["batch_in_epoch"], t["step"]
         self.history = list(t["history"])
-        set_rng_state(ckpt["rng"], self.generator)
+        ranks = ckpt.get("rng_ranks", [])  # a distributed run's: resumed with as many processes, each gets its own
+        if len(ranks) == self.dist.world_size and self.dist.enabled:
+            set_rng_state(ranks[self.dist.rank], self.generator)
+        elif self.dist.is_main:
+            set_rng_state(ckpt["rng"], self.generator)  # other ranks of a changed world keep their fresh RNGs
         for cb in self.callbacks:
             if cb.state_key in ckpt["callbacks"]:
                 cb.load_state_dict(ckpt["callbacks"][cb.state_key])
