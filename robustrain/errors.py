@@ -35,6 +35,10 @@ class NonFiniteLossError(RobustrainError, FloatingPointError):
     """The training loss became NaN or infinite."""
 
 
+class KernelUnavailableError(RobustrainError, RuntimeError):
+    """The fused (Triton) kernels were forced where they cannot run."""
+
+
 def closest(name: str, choices: Iterable[str]) -> str | None:
     """The closest valid name to ``name``, or None when nothing is close."""
     matches = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.5)

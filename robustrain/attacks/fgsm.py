@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .. import kernels
 from ..errors import ConfigError
-from ..threat import ThreatModel, clip_to_box
+from ..threat import ThreatModel
 from .base import Attack, AttackResult
 
 
@@ -58,14 +59,11 @@ class FGSM(Attack):
 
     def run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> AttackResult:
         if self.init_scale > 0:
-            delta0 = self.threat.random_init(x, generator, scale=self.init_scale)
+            delta0 = kernels.random_start(self.threat, x, generator, scale=self.init_scale)
         else:
             delta0 = torch.zeros_like(x, dtype=torch.float32)
         grad, logits0, loss0 = self.input_gradient(model, x, delta0, y)
-        delta = delta0 + self.step * self.threat.ascent_direction(grad)
-        if self.project:
-            delta = self.threat.project(delta)
-        delta = clip_to_box(x.float(), delta)
+        delta = kernels.ascent_step(self.threat, delta0, grad, x, self.step, project=self.project)
         return AttackResult(
             x_adv=(x + delta).to(x.dtype),
             delta=delta,

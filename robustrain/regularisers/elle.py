@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import kernels
 from ..errors import ConfigError
 from ..threat import ThreatModel
-from .base import LossTerm, StepContext, eps_pixels, per_example_ce, random_points, wide
+from .base import LossTerm, StepContext, eps_pixels, per_example_ce, wide
 
 
 def elle_default_lambda(threat: ThreatModel) -> float:
@@ -48,12 +49,8 @@ class _LinearityError(LossTerm):
     def linearity_error(self, ctx: StepContext) -> torch.Tensor:
         """E_lin of the batch (scalar, fp32, with the graph to the weights)."""
         b = ctx.x.shape[0]
-        x_a = random_points(ctx, self.threat, self.clip)
-        x_b = random_points(ctx, self.threat, self.clip)
-        a = torch.rand(b, generator=ctx.generator, device=ctx.x.device, dtype=torch.float32)
+        x_a, x_b, x_c, a = kernels.elle_triplets(self.threat, ctx.x, ctx.generator, clip=self.clip)
         a = a.to(wide(ctx.x).dtype)
-        a_img = a.view(-1, *([1] * (ctx.x.dim() - 1)))
-        x_c = ((1 - a_img) * wide(x_a) + a_img * wide(x_b)).to(ctx.x.dtype)
         with ctx.autocast():
             logits = ctx.model(torch.cat([x_a, x_b, x_c]))
         loss_a, loss_b, loss_c = per_example_ce(logits, ctx.y.repeat(3)).split(b)
