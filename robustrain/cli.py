@@ -75,6 +75,18 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from .reporting import write_report
+
+    out = Path(args.out) if args.out else Path(args.runs[0]) / "report"
+    if args.out is None and len(args.runs) > 1:
+        raise RobustrainError("several run folders need --out DIR (where the plots and report.md go).")
+    command = "robustrain report " + " ".join(args.runs) + (f" --out {args.out}" if args.out else "")
+    written = write_report(args.runs, out, title=args.title, command=command)
+    print("written: " + ", ".join(str(p) for p in written.values()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="robustrain", description="Adversarial training that tells the truth about robustness.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -100,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", help="report path (default: eval.json beside the checkpoint)")
     e.set_defaults(func=_eval)
+    r = sub.add_parser("report", help="plots and a markdown summary of run folders (no network needed)")
+    r.add_argument("runs", nargs="+", help="run folders (several: compared on the same plots)")
+    r.add_argument("--out", help="output folder (default RUN_DIR/report for one run)")
+    r.add_argument("--title", help="plot and report title (default: the run names)")
+    r.set_defaults(func=_report)
     return p
 
 

@@ -11,54 +11,21 @@ Writes OUT.md (command, seed, settings, tables) and OUT.png (clean, PGD and trai
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
-from typing import Any
 
-import yaml
+from robustrain.reporting import Run, describe, load_run, pct, plot_epoch_panels
 
-
-def load_run(folder: Path) -> dict[str, Any]:
-    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    epochs = [r for r in records if r.get("kind") == "epoch"]
-    train_acc: dict[int, list[float]] = {}
-    for r in records:
-        if r.get("kind") == "step" and isinstance(r.get("train_adv_acc"), (int, float)):
-            train_acc.setdefault(int(r["epoch"]), []).append(float(r["train_adv_acc"]))
-    cfg = yaml.safe_load((folder / "config.yaml").read_text())
-    summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").exists() else {}
-    fgsm = folder / "eval_fgsm_last.json"
-    return {
-        "epochs": [int(r["epoch"]) for r in epochs],
-        "clean": [float(r["val_clean_acc"]) for r in epochs],
-        "pgd": [float(r["val_robust_acc"]) for r in epochs],
-        "train_attack": [sum(v) / len(v) for _, v in sorted(train_acc.items())],
-        "config": cfg,
-        "summary": summary,
-        "fgsm_last": json.loads(fgsm.read_text()) if fgsm.exists() else None,
-    }
+PANELS = [("val_clean_acc", "validation clean accuracy", "epoch"),
+          ("val_robust_acc", "validation PGD accuracy (full ε)", "epoch"),
+          ("train_adv_acc", "training-attack accuracy (train batches)", "epoch_mean")]
 
 
-def describe(cfg: dict) -> str:
-    a = cfg["attack"]
-    attack = a["name"] + "".join(f", {k}={v:.4g}" if isinstance(v, float) else f", {k}={v}"
-                                 for k, v in a.items() if k not in ("name", "bn_mode"))
-    regs = "; ".join(r["name"] + "(" + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                                                 for k, v in r.items() if k != "name") + ")"
-                     for r in cfg.get("regularisers") or [])
-    return f"{attack}" + (f" + {regs}" if regs else "")
+def fgsm_last(run: Run) -> dict | None:
+    return run.evals.get("eval_fgsm_last")
 
 
-def pct(v: float | None) -> str:
-    return "–" if v is None else f"{100 * v:.1f}"
-
-
-def test_row(run: dict, which: str) -> dict | None:
-    return next((r for r in run["summary"].get("test", []) if r["checkpoint"] == which), None)
-
-
-def markdown(runs: dict[str, dict], title: str, command: str) -> str:
-    first = next(iter(runs.values()))["config"]
+def markdown(runs: dict[str, Run], title: str, command: str) -> str:
+    first = next(iter(runs.values())).config
     val = first["validation"]["attack"]
     ev = first["eval"]["attack"]
     lines = [
@@ -82,68 +49,37 @@ def markdown(runs: dict[str, dict], title: str, command: str) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, run in runs.items():
-        last, best = test_row(run, "last"), test_row(run, "best")
+        last, best = run.test_row("last"), run.test_row("best")
         pgd_key = next((k for k in (last or {}) if k.startswith("pgd") and k.endswith("_acc")), None)
-        fgsm = run["fgsm_last"]
-        best_ep = max(range(len(run["pgd"])), key=lambda i: run["pgd"][i]) if run["pgd"] else None
+        fgsm = fgsm_last(run)
+        epochs, pgd = run.epoch_series("val_robust_acc")
+        clean = run.epoch_series("val_clean_acc")[1]
+        best_ep = max(range(len(pgd)), key=lambda i: pgd[i]) if pgd else None
         lines.append(
-            f"| {name} | {describe(run['config'])} | {pct(run['clean'][-1] if run['clean'] else None)} | "
-            f"{pct(run['pgd'][-1] if run['pgd'] else None)} | "
-            + (f"{pct(run['pgd'][best_ep])} ({run['epochs'][best_ep]})" if best_ep is not None else "–") + " | "
+            f"| {name} | {describe(run.config)} | {pct(clean[-1] if clean else None)} | "
+            f"{pct(pgd[-1] if pgd else None)} | "
+            + (f"{pct(pgd[best_ep])} ({int(epochs[best_ep])})" if best_ep is not None else "–") + " | "
             + (f"{last['clean_acc']:.1f} | {last[pgd_key]:.1f}" if last and pgd_key else "– | –") + " | "
             + (f"{fgsm['fgsm_acc']:.1f}" if fgsm else "–") + " | "
             + (f"{best[pgd_key]:.1f}" if best and pgd_key else "–") + " | "
-            + f"{run['summary'].get('train_seconds', '–')} |"
+            + f"{run.summary.get('train_seconds', '–')} |"
         )
     lines += ["", "## Per epoch: val clean / val PGD / train attack acc (%)", ""]
-    n = max(len(r["epochs"]) for r in runs.values())
+    n = max(len(r.epochs) for r in runs.values())
     lines.append("| method | " + " | ".join(f"ep {e + 1}" for e in range(n)) + " |")
     lines.append("|---|" + "---|" * n)
     for name, run in runs.items():
         cells = []
+        clean, pgd = run.epoch_series("val_clean_acc")[1], run.epoch_series("val_robust_acc")[1]
+        train_attack = run.epoch_means("train_adv_acc")
         for i in range(n):
-            if i < len(run["epochs"]):
-                t = run["train_attack"][i] if i < len(run["train_attack"]) else None
-                cells.append(f"{pct(run['clean'][i])} / {pct(run['pgd'][i])} / {pct(t)}")
+            if i < len(run.epochs):
+                t = train_attack[i] if i < len(train_attack) else None
+                cells.append(f"{pct(clean[i])} / {pct(pgd[i])} / {pct(t)}")
             else:
                 cells.append("")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def plot(runs: dict[str, dict], title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8), sharex=True)
-    panels = [("clean", "validation clean accuracy"), ("pgd", "validation PGD accuracy (full ε)"),
-              ("train_attack", "training-attack accuracy (train batches)")]
-    cmap = plt.get_cmap("tab10")
-    for i, (name, run) in enumerate(runs.items()):
-        style = "--" if not run["config"].get("regularisers") else "-"
-        for ax, (key, _) in zip(axes, panels):
-            ys = [100 * v for v in run[key]]
-            xs = list(range(1, len(ys) + 1))
-            ax.plot(xs, ys, style, marker="o", ms=4, color=cmap(i % 10), label=name)
-    for ax, (_, label) in zip(axes, panels):
-        ax.set_title(label, fontsize=10)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("accuracy (%)")
-        ax.set_ylim(-2, 102)
-        ax.grid(alpha=0.3)
-    warm = next(iter(runs.values()))["config"]["train"].get("eps_warmup_epochs", 0)
-    if warm:
-        for ax in axes:
-            ax.axvspan(0.5, warm + 0.5, color="0.9", zorder=0, label=None)
-        axes[1].text(0.55, 95, f"ε warm-up ({warm:g} epochs)", fontsize=8, color="0.4")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=9, loc="center right", title="dashed: no\nregulariser", title_fontsize=8)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0, 0.89, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main() -> None:
@@ -163,7 +99,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     (out.with_suffix(".md")).write_text(markdown(runs, args.title, args.command or "(not given)")
                                         + f"\n![plot]({out.with_suffix('.png').name})\n")
-    plot(runs, args.title, out.with_suffix(".png"))
+    plot_epoch_panels(list(runs.values()), out.with_suffix(".png"), args.title, PANELS, mark_events=False,
+                      dashed_without_regulariser=True, width=5.0)
     print(f"written: {out.with_suffix('.md')}, {out.with_suffix('.png')}")
 
 
