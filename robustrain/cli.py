@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -13,66 +12,29 @@ def _train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .experiment import run_training
 
+    from .distributed import init_from_env, teardown
+
     cfg = load_config(args.config, args.set or [])
     run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.out_dir) / cfg.name
-    print(f"run folder: {run_dir}", flush=True)
-    summary = run_training(cfg, run_dir, resume=args.resume)
-    print(f"\n{cfg.name}: test accuracy (%) after {summary['train_seconds']} s of training\n")
-    print(summary["table"])
-    print(f"\nwritten: {run_dir}/summary.json, metrics.jsonl, best.pt, last.pt", flush=True)
+    dist = init_from_env(cfg.data.device)  # under torchrun: join the process group (NCCL on GPUs, else gloo)
+    try:
+        if dist.is_main:
+            print(f"run folder: {run_dir}" + (f" ({dist.world_size} processes, {dist.backend})" if dist.enabled else ""),
+                  flush=True)
+        summary = run_training(cfg, run_dir, resume=args.resume)
+    finally:
+        teardown()
+    if dist.is_main:
+        print(f"\n{cfg.name}: test accuracy (%) after {summary['train_seconds']} s of training\n")
+        print(summary["table"])
+        print(f"\nwritten: {run_dir}/summary.json, metrics.jsonl, best.pt, last.pt", flush=True)
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .config import check_attack_section, from_dict, validate
-    from .experiment import (AMP, attack_label, build_attack_from, build_data, build_model, evaluate_model,
-                             format_table, resolve_device)
-    from .threat import make_threat
-    from .training.checkpoint import load_checkpoint
+    from .evaluation.command import eval_command
 
-    target = Path(args.target)
-    path = target / f"{args.checkpoint}.pt" if target.is_dir() else target
-    ckpt = load_checkpoint(path)
-    cfg = from_dict(ckpt["config"])
-    if args.data_root is not None:
-        cfg.data.root = args.data_root
-    cfg.data.device = args.device or cfg.data.device
-    cfg.eval.batch_size = args.batch_size or cfg.eval.batch_size
-    section = dict(cfg.eval.attack)
-    if args.attack is not None:
-        section = {"name": args.attack}
-    for key in ("steps", "restarts", "step"):
-        value = getattr(args, key)
-        if value is not None:
-            section[key] = value
-    if args.eps is not None:
-        cfg.threat.eps = args.eps
-        validate(cfg)
-    check_attack_section(section, "--attack", cfg.threat.norm)
-    threat = make_threat(cfg.threat.norm, cfg.threat.eps)
-    device = resolve_device(cfg.data.device)
-    data = build_data(cfg)
-    model = build_model(cfg, data.info, device)
-    model.load_state_dict(ckpt["model"])
-    attack = build_attack_from(section, threat, default_bn="eval", force_eval=True, amp_dtype=AMP[cfg.train.amp])
-    label = attack_label(section, threat)
-    loader = data.test if args.split == "test" else data.val
-    if loader is None:
-        raise RobustrainError("this run has no validation split (data.val_size: 0); use --split test.")
-    res = evaluate_model(model, loader, attack, label, seed=args.seed, n_ex=args.n_ex, amp_dtype=AMP[cfg.train.amp])
-    acc = res.accuracy()
-    row = {"checkpoint": str(path), "split": args.split, "n_ex": res.n, "clean_acc": round(100 * acc["clean"], 2),
-           f"{label}_acc": round(100 * acc[label], 2)}
-    report = {**row, "threat": {"norm": threat.norm, "eps": threat.eps}, "attack": {**section, "step": getattr(attack, "step", None)},
-              "seconds": res.seconds, "epoch": ckpt["trainer"]["epoch"], "seed": args.seed}
-    out = Path(args.out) if args.out else (target if target.is_dir() else target.parent) / "eval.json"
-    out.write_text(json.dumps(report, indent=2))
-    print(format_table([row], list(row)))
-    print(f"\nwritten: {out}")
-    from .tracking import attach_report
-
-    attach_report(target if target.is_dir() else target.parent, out)  # a tracked run gets the report in wandb
-    return 0
+    return eval_command(args)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -96,11 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--run-dir", help="run folder (default OUT_DIR/NAME from the config)")
     t.add_argument("--resume", action="store_true", help="continue the run in the run folder from last.pt")
     t.set_defaults(func=_train)
-    e = sub.add_parser("eval", help="evaluate a run folder or a checkpoint (clean and PGD)")
-    e.add_argument("target", help="run folder or checkpoint file")
+    e = sub.add_parser("eval", help="evaluate a run folder, a checkpoint or a module:factory model (clean, PGD, "
+                                    "AutoAttack) into report.json + report.md")
+    e.add_argument("target", nargs="?", help="run folder or checkpoint file (or use --model)")
     e.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint of a run folder")
     e.add_argument("--split", default="test", choices=["test", "val"])
-    e.add_argument("--attack", help="attack name (default: the config's eval.attack, PGD-50-10)")
+    e.add_argument("--attack", help="comma-separated: pgd (the run's eval.attack, else PGD-50-10), autoattack, or "
+                                    "another attack name; clean always runs (default: pgd,autoattack)")
     e.add_argument("--steps", type=int)
     e.add_argument("--restarts", type=int)
     e.add_argument("--step", type=str, help="step size, e.g. 2/255")
@@ -110,7 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-root", help="where the dataset files are, if not where training found them")
     e.add_argument("--device")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--out", help="report path (default: eval.json beside the checkpoint)")
+    e.add_argument("--out", help="folder for report.json and report.md (default: RUN/eval, or ./eval for --model); "
+                                 "a path ending in .json is where a run's one-row eval.json goes instead")
+    from .evaluation.command import add_arguments
+
+    add_arguments(e)
     e.set_defaults(func=_eval)
     r = sub.add_parser("report", help="plots and a markdown summary of run folders (no network needed)")
     r.add_argument("runs", nargs="+", help="run folders (several: compared on the same plots)")

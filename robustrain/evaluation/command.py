@@ -1,0 +1,126 @@
+"""``robustrain eval``: load the target, run the plan, write report.json + report.md (and a run's eval.json)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import ConfigError
+from .pipeline import AUTOATTACK_NAMES, DEFAULT_PGD, EvalPlan, evaluate_robustness
+from .report import write_report
+
+DEFAULT_ATTACKS = "pgd,autoattack"
+
+
+def add_arguments(e: argparse.ArgumentParser) -> None:
+    """The options of ``robustrain eval`` beyond the original run-folder ones."""
+    e.add_argument("--model", metavar="MODULE:FACTORY",
+                   help="evaluate any model: a factory called without arguments (inputs in [0,1], normalisation "
+                        "inside); TARGET is then omitted")
+    e.add_argument("--weights", help="state dict file for --model (loaded with weights_only=True)")
+    e.add_argument("--dataset", default="cifar10", help="dataset for --model (default cifar10)")
+    e.add_argument("--norm", choices=["linf", "l2"], help="threat model (default: the run's, else linf)")
+    e.add_argument("--version", default="standard", choices=["standard", "plus", "rand"], help="AutoAttack version")
+    e.add_argument("--backend", default="torchattacks", choices=["torchattacks", "autoattack"],
+                   help="who runs the AutoAttack components (autoattack: the official package, if installed)")
+    e.add_argument("--aa-steps", type=int, default=100, help="APGD/FAB iterations (100 is the standard; "
+                                                             "anything else is reported as non-standard)")
+    e.add_argument("--square-queries", type=int, default=5000, help="Square queries (5000 is the standard)")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+
+
+def _sections(args: argparse.Namespace, known: dict[str, dict], names: list[str], norm: str) -> dict[str, dict]:
+    from ..config import check_attack_section
+
+    out = {}
+    for name in names:
+        if name == "clean" or name in AUTOATTACK_NAMES:
+            continue
+        section = dict(known.get(name) or (DEFAULT_PGD if name == "pgd" else {"name": name}))
+        for key in ("steps", "restarts", "step"):
+            value = getattr(args, key)
+            if value is not None:
+                section[key] = value
+        check_attack_section(section, "--attack", norm)
+        out[name] = section
+    return out
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    from ..config import _check_radius
+    from ..experiment import format_table
+    from ..threat import make_threat
+    from .target import load_factory_target, load_run_target
+
+    if args.model is None and args.target is None:
+        raise ConfigError("robustrain eval: give a run folder or checkpoint, or --model module:factory --weights FILE.")
+    if args.model is not None and args.target is not None:
+        raise ConfigError(f"robustrain eval: got both a target ({args.target!r}) and --model; give one of them.")
+    names = ["clean"] + [a.strip().lower() for a in (args.attack or DEFAULT_ATTACKS).split(",") if a.strip()]
+    names = list(dict.fromkeys(names))
+    if args.model is not None:
+        if args.eps is None:
+            raise ConfigError("--model needs --eps, e.g. --eps 8/255 (L∞, CIFAR-10) or --eps 0.5 (L2).")
+        target = load_factory_target(args.model, args.weights, dataset=args.dataset, split=args.split,
+                                     data_root=args.data_root, device=args.device, n_ex=args.n_ex,
+                                     batch_size=args.batch_size or 500)
+    else:
+        target = load_run_target(Path(args.target), checkpoint=args.checkpoint, split=args.split,
+                                 data_root=args.data_root, device=args.device, n_ex=args.n_ex,
+                                 batch_size=args.batch_size, eps=args.eps)
+    norm = args.norm or target.norm or "linf"
+    eps = args.eps if args.eps is not None else target.eps
+    _check_radius(eps, "--eps", norm)
+    plan = EvalPlan(make_threat(norm, eps), attacks=names, sections=_sections(args, target.sections, names, norm),
+                    version=args.version, backend=args.backend, batch_size=args.batch_size or 500, seed=args.seed,
+                    aa_steps=args.aa_steps, square_queries=args.square_queries, amp_dtype=target.amp_dtype)
+    legacy_json = args.out is not None and args.out.endswith(".json")
+    if args.out is not None and not legacy_json:
+        out_dir = Path(args.out)
+    elif target.run_dir is not None:
+        out_dir = target.run_dir / "eval"
+    else:
+        out_dir = Path("eval")
+    report, _ = evaluate_robustness(target.model, target.x, target.y, plan, num_classes=target.num_classes,
+                                    model_info=target.model_info, data_info=target.data_info, out_dir=out_dir,
+                                    progress=not args.no_progress)
+    json_path, md_path = write_report(report, out_dir)
+    rows = [{"stage": s["name"], "attacked": s["n_attacked"], "robust_acc (%)": f"{100 * s['robust_acc']:.2f}",
+             "seconds": f"{s['seconds']:.1f}"} for s in report["stages"]]
+    print(format_table(rows, list(rows[0])))
+    print(f"\nworst-case robust accuracy: {100 * report['final']['robust_acc']:.2f}% on {report['n_ex']} examples"
+          + (f" (AutoAttack {args.version}, backend {report['backend']['name']})" if report["backend"] else ""))
+    written = [json_path, md_path]
+    if target.run_dir is not None:
+        written.append(_write_run_summary(report, target, args, Path(args.out) if legacy_json else None, json_path))
+    print("written: " + ", ".join(map(str, written)))
+    s = report["sanity"]
+    if s["n_errors"]:
+        print(f"robustrain: {s['n_errors']} sanity check(s) failed (see report.md); the number above is not "
+              "trustworthy.", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _write_run_summary(report: dict, target, args: argparse.Namespace, path: Path | None, report_path: Path) -> Path:
+    """The one-row ``eval.json`` beside a run's checkpoints (the format ``robustrain eval`` always wrote)."""
+    from ..tracking import attach_report
+
+    acc = report["accuracy"]
+    row = {"checkpoint": target.model_info["path"], "split": args.split, "n_ex": report["n_ex"],
+           "clean_acc": round(100 * acc["clean"], 2)}
+    first_attack = None
+    for s in report["stages"]:
+        if s["group"] not in ("clean", "autoattack"):
+            row[f"{s['name']}_acc"] = round(100 * s["robust_acc"], 2)
+            first_attack = first_attack or s["settings"]
+    if "autoattack" in acc:
+        row["autoattack_acc"] = round(100 * acc["autoattack"], 2)
+    row["worst_case_acc"] = round(100 * acc["worst_case"], 2)
+    summary = {**row, "threat": report["threat"], "attack": first_attack, "seconds": report["runtime"]["per_stage"],
+               "epoch": target.epoch, "seed": args.seed, "report": str(report_path)}
+    out = path or target.run_dir / "eval.json"
+    out.write_text(json.dumps(summary, indent=2))
+    attach_report(target.run_dir, out)  # a tracked run gets the report in wandb
+    return out

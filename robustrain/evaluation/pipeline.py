@@ -1,0 +1,153 @@
+"""One robustness evaluation from start to report: clean, robustrain attacks (PGD, ...), AutoAttack, sanity checks."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..attacks import attack_guard
+from ..errors import ConfigError
+from ..threat import ThreatModel
+from .autoattack import STANDARD_QUERIES, STANDARD_STEPS, CascadeResult, Stage, autoattack_stages, run_cascade
+from .backends import make_backend
+from .report import SCHEMA_VERSION, data_sha256, model_sha256, package_versions
+from .sanity import announce, checks_after, checks_before
+from .state import EvalState, flags_to_str
+
+AUTOATTACK_NAMES = ("autoattack", "aa")
+DEFAULT_PGD = {"name": "pgd", "steps": 50, "restarts": 10}
+N_CHECK = 256
+
+
+@dataclass
+class EvalPlan:
+    """What to run. ``attacks`` lists ``clean`` (always run, first), ``autoattack`` and robustrain attack names;
+    ``sections`` gives the config section of each robustrain attack (default: PGD-50-10, step ε/4)."""
+
+    threat: ThreatModel
+    attacks: list[str] = field(default_factory=lambda: ["clean", "pgd", "autoattack"])
+    sections: dict[str, dict] = field(default_factory=dict)
+    version: str = "standard"
+    backend: str = "torchattacks"
+    batch_size: int = 500
+    seed: int = 0
+    aa_steps: int = STANDARD_STEPS
+    square_queries: int = STANDARD_QUERIES
+    amp_dtype: torch.dtype | None = None
+
+
+def _attack_stage(name: str, section: dict, plan: EvalPlan) -> Stage:
+    from ..experiment import attack_label, build_attack_from
+
+    attack = build_attack_from(section, plan.threat, default_bn="eval", force_eval=True, amp_dtype=plan.amp_dtype)
+    label = attack_label(section, plan.threat)
+    settings = {**section, "label": label}
+    if hasattr(attack, "step"):
+        settings["step"] = attack.step
+        settings["step_rule"] = "given" if "step" in section else "eps/4 (default)"
+
+    def runner(model: nn.Module, x: Tensor, y: Tensor, b: int) -> Tensor:
+        gen = torch.Generator(device=x.device).manual_seed(plan.seed * 1_000_003 + b)
+        return attack(model, x, y, generator=gen).x_adv
+
+    return Stage(label, label, "clean", settings, runner)
+
+
+def _autoattack_stages(plan: EvalPlan, num_classes: int) -> tuple[list[Stage], Any]:
+    backend = make_backend(plan.backend)
+    specs = autoattack_stages(plan.version, num_classes, steps=plan.aa_steps, queries=plan.square_queries)
+    stages, after = [], "clean"
+    for spec in specs:
+        def runner(model, x, y, b, spec=spec):
+            return backend.perturb(model, spec, x, y, norm=plan.threat.norm, eps=plan.threat.eps, seed=plan.seed)
+
+        stages.append(Stage(spec.name, "autoattack", after, {"kind": spec.kind, "version": spec.version,
+                                                              **spec.settings}, runner))
+        after = spec.name
+    return stages, backend
+
+
+def build_stages(plan: EvalPlan, num_classes: int) -> tuple[list[Stage], Any]:
+    """The stages of ``plan`` in run order, and the AutoAttack backend (None without AutoAttack)."""
+    stages = [Stage("clean", "clean", None, {})]
+    backend = None
+    unknown = [a for a in plan.attacks if a != "clean" and a not in AUTOATTACK_NAMES and a not in plan.sections
+               and a != "pgd"]
+    if unknown:
+        from ..attacks import ATTACKS
+
+        raise ConfigError(f"--attack: unknown {unknown}; expected clean, autoattack or one of {sorted(ATTACKS)}.")
+    for a in plan.attacks:
+        if a == "clean":
+            continue
+        if a in AUTOATTACK_NAMES:
+            aa, backend = _autoattack_stages(plan, num_classes)
+            stages += aa
+        else:
+            stages.append(_attack_stage(a, plan.sections.get(a, DEFAULT_PGD if a == "pgd" else {"name": a}), plan))
+    return stages, backend
+
+
+def evaluate_robustness(model: nn.Module, x: Tensor, y: Tensor, plan: EvalPlan, *, num_classes: int,
+                        model_info: dict | None = None, data_info: dict | None = None, out_dir: Path | None = None,
+                        progress: bool = False) -> tuple[dict[str, Any], CascadeResult]:
+    """Evaluate ``model`` on inputs ``x`` in [0,1] (labels ``y``) as ``plan`` says; return the report and the
+    cascade result. With ``out_dir`` the progress is saved there after every batch and a rerun of the same
+    evaluation continues where it stopped (the state file is removed when the evaluation completes)."""
+    n = int(y.shape[0])
+    stages, backend = build_stages(plan, num_classes)
+    m_sha, d_sha = model_sha256(model), data_sha256(x, y)
+    key_config = {"model": m_sha, "data": d_sha, "threat": [plan.threat.norm, plan.threat.eps], "seed": plan.seed,
+                  "batch_size": plan.batch_size, "backend": plan.backend if backend else None,
+                  "stages": [[s.name, s.after, s.settings] for s in stages]}
+    state = EvalState.for_dir(out_dir, key_config)
+    given_training = any(m.training for m in model.modules())
+    t0 = time.perf_counter()
+    with attack_guard(model, "eval"):
+        before = checks_before(model, x[:N_CHECK], y[:N_CHECK], given_training=given_training)
+        announce(before)
+        check_seconds = time.perf_counter() - t0
+        result = run_cascade(model, x, y, stages, plan.threat, batch_size=plan.batch_size, state=state,
+                             progress=progress)
+    desc = f"the {plan.threat.norm} ball of radius {plan.threat.eps:.6g}"
+    after = checks_after(result.records, n, num_classes, desc)
+    announce(after)
+    checks = [c.as_dict() for c in before + after]
+    recs = result.records
+    acc = {r.name: float(r.robust.float().mean()) if n else 0.0 for r in recs}
+    aa = [r for r in recs if r.group == "autoattack"]
+    if aa:
+        acc["autoattack"] = acc[aa[-1].name]
+    acc["worst_case"] = float(result.final.float().mean()) if n else 0.0
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "model": {"sha256": m_sha, "num_classes": num_classes, **(model_info or {"source": "module"})},
+        "data": {"n_ex": n, "sha256": d_sha, **(data_info or {"dataset": "tensor", "split": "given"})},
+        "threat": {"norm": plan.threat.norm, "eps": plan.threat.eps},
+        "attacks": [s.name for s in stages],
+        "backend": {"name": backend.name, "version": backend.version()} if backend else None,
+        "seed": plan.seed, "batch_size": plan.batch_size, "n_ex": n,
+        "settings": {s.name: s.settings for s in stages if s.group != "clean"},
+        "standard": (plan.aa_steps == STANDARD_STEPS and plan.square_queries == STANDARD_QUERIES) if aa else None,
+        "stages": [{"name": r.name, "group": r.group, "after": r.after, "settings": r.settings,
+                    "n_attacked": int(r.attacked.sum()), "n_robust": int(r.robust.sum()), "robust_acc": acc[r.name],
+                    "seconds": round(r.seconds, 3), "attacked": flags_to_str(r.attacked),
+                    "robust": flags_to_str(r.robust), "adversarial": None if r.group == "clean" else r.adv}
+                   for r in recs],
+        "accuracy": acc,
+        "final": {"robust_acc": acc["worst_case"], "n_robust": int(result.final.sum()),
+                  "robust": flags_to_str(result.final)},
+        "sanity": {"checks": checks, "n_warnings": sum(c["level"] == "warning" for c in checks),
+                   "n_errors": sum(c["level"] == "error" for c in checks)},
+        "runtime": {"total_seconds": round(check_seconds + sum(r.seconds for r in recs), 3),
+                    "checks_seconds": round(check_seconds, 3),
+                    "per_stage": {r.name: round(r.seconds, 3) for r in recs}},
+        "environment": {**package_versions(), "device": str(x.device), "threads": torch.get_num_threads()},
+        "resumed": result.resumed,
+    }
+    state.remove()
+    return report, result
