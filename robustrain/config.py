@@ -89,6 +89,8 @@ class TrainConfig:
     checkpoint_every: int = 0
     log_every: int = 10
     progress: bool = True
+    compile: bool = False  # torch.compile the training forward/backward (falls back to eager with a warning)
+    sync_batchnorm: bool = False  # distributed (torchrun) on GPUs: BatchNorm statistics over the global batch
 
 
 @dataclass

@@ -17,6 +17,8 @@ import torch
 from .attacks import Attack, build_attack
 from .config import Config, dump_yaml, to_dict
 from .data import ArrayDataset, BatchLoader, load_dataset, split_validation
+from .data.loader import derive_seed
+from .distributed import barrier, current, device_for
 from .errors import ConfigError
 from .evaluation import EvalResult, evaluate
 from .models import create_model
@@ -42,9 +44,10 @@ class Data:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA if available, else CPU; in a torchrun process group ``cuda`` means this rank's GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return device_for(torch.device(name))
 
 
 def build_data(cfg: Config, *, need_train: bool = True) -> Data:
@@ -60,8 +63,9 @@ def build_data(cfg: Config, *, need_train: bool = True) -> Data:
         if not 0 < d.train_subset <= len(train):
             raise ConfigError(f"data.train_subset = {d.train_subset}; expected 1..{len(train)} (the training set after the validation split).")
         train = train.subset(torch.arange(d.train_subset))
+    dist = current()  # distributed: each rank loads its shard of every global batch of d.batch_size
     train_loader = BatchLoader(train, d.batch_size, shuffle=True, drop_last=False, augment=d.augment,
-                               seed=cfg.seed, device=device)
+                               seed=cfg.seed, device=device, rank=dist.rank, world_size=dist.world_size)
     val_loader = BatchLoader(val, d.eval_batch_size, shuffle=False, device=device) if val is not None else None
     test_loader = BatchLoader(test, cfg.eval.batch_size, shuffle=False, device=device)
     return Data(train_loader, val_loader, test_loader, full)
@@ -70,6 +74,14 @@ def build_data(cfg: Config, *, need_train: bool = True) -> Data:
 def build_model(cfg: Config, info: ArrayDataset, device: torch.device) -> torch.nn.Module:
     model = create_model(cfg.model.name, num_classes=info.num_classes, in_channels=info.image_shape[0],
                          mean=info.mean, std=info.std, channels_last=cfg.model.channels_last, **cfg.model.kwargs)
+    if cfg.train.sync_batchnorm and current().enabled:
+        if device.type != "cuda":
+            raise ConfigError(
+                "train.sync_batchnorm: PyTorch's SyncBatchNorm runs on GPUs only, and this distributed run is on "
+                f"{device.type}; set train.sync_batchnorm=false (each rank then normalises with its shard's "
+                "statistics) or train on GPUs."
+            )
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model.to(device)
 
 
@@ -157,13 +169,16 @@ def build_trainer(cfg: Config, run_dir: Path, data: Data | None = None) -> tuple
     ]
     extra_val = {"fgsm": build_attack_from({"name": "fgsm"}, threat, default_bn="eval", force_eval=True, amp_dtype=amp)} \
         if cfg.validation.fgsm else {}
+    rank = current().rank
+    if rank:  # the same initial weights everywhere (seeded above); rank r's own global RNG stream (dropout)
+        torch.manual_seed(derive_seed("rank", cfg.seed, rank))
     trainer = Trainer(model, attack, build_optimizer(cfg, model), schedule, data.train, epochs=cfg.train.epochs,
                       val_loader=data.val, val_attack=val_attack, extra_val_attacks=extra_val,
                       objective=build_objective_from(cfg), loss_terms=terms, callbacks=callbacks,
                       weight_perturbation=build_weight_perturbation_from(cfg, threat),
                       grad_clip=cfg.train.grad_clip, amp_dtype=amp,
                       eps_warmup_steps=round(cfg.train.eps_warmup_epochs * steps_per_epoch), seed=cfg.seed,
-                      config=to_dict(cfg))
+                      config=to_dict(cfg), compile=cfg.train.compile)
     return trainer, data
 
 
@@ -209,10 +224,12 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
             f"run folder {str(run_dir)!r} already holds checkpoints; resume it with --resume, or choose another "
             f"folder with --run-dir or --set name=NEW_NAME. Nothing was overwritten."
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-    env_path = run_dir / ("environment.json" if not resume else f"environment.resume-{int(time.time())}.json")
-    env_path.write_text(json.dumps(environment(), indent=2))
+    if current().is_main:  # distributed: rank 0 writes the run folder, the others wait for it
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+        env_path = run_dir / ("environment.json" if not resume else f"environment.resume-{int(time.time())}.json")
+        env_path.write_text(json.dumps({**environment(), "world_size": current().world_size}, indent=2))
+    barrier()
 
 
 # -- evaluation -----------------------------------------------------------------------------------------
@@ -224,12 +241,15 @@ def attack_label(section: dict, threat: ThreatModel) -> str:
 
 
 def evaluate_model(model: torch.nn.Module, loader: BatchLoader, attack: Attack, label: str, *, seed: int,
-                   n_ex: int | None = None, amp_dtype: torch.dtype | None = None) -> EvalResult:
+                   n_ex: int | None = None, amp_dtype: torch.dtype | None = None,
+                   distributed: bool | None = None) -> EvalResult:
+    """``evaluate`` on the first ``n_ex`` examples of ``loader``; ``distributed`` (default: in a process group)
+    shards every batch over the ranks and gathers the per-example results on every rank."""
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     max_batches = None if n_ex is None else -(-n_ex // loader.batch_size)
     res = evaluate(model, loader.iterate(0), {label: attack}, generator=gen, amp_dtype=amp_dtype,
-                   max_batches=max_batches)
+                   max_batches=max_batches, distributed=current().enabled if distributed is None else distributed)
     if n_ex is not None:
         res.correct = {k: v[:n_ex] for k, v in res.correct.items()}
     return res
@@ -261,11 +281,12 @@ def final_evaluation(cfg: Config, run_dir: Path, trainer: Trainer, data: Data, t
         "threat": {"norm": cfg.threat.norm, "eps": cfg.threat.eps}, "eval_attack": {**cfg.eval.attack, "step": attack.step if hasattr(attack, "step") else None},
         "selection": f"best.pt maximises {cfg.validation.select_on} on the held-out validation split",
         "test": rows, "train_seconds": round(train_seconds, 1), "history": trainer.history,
-        "git_commit": git_commit(),
+        "git_commit": git_commit(), "world_size": current().world_size,
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     table = format_table(rows, ["checkpoint", "epoch", "n_ex", "clean_acc", f"{label}_acc", "seconds"])
-    (run_dir / "summary.md").write_text(f"# {cfg.name}: test accuracy (%)\n\n{table}\n")
+    if current().is_main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        (run_dir / "summary.md").write_text(f"# {cfg.name}: test accuracy (%)\n\n{table}\n")
     summary["table"] = table
     return summary
 

@@ -25,16 +25,21 @@ def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: 
 
 
 def random_crop_flip(
-    x: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True
+    x: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True, *,
+    rows: slice | None = None, total: int | None = None,
 ) -> torch.Tensor:
     """`crop_flip` with offsets uniform in ``[0, 2 * pad]`` and flips with probability 1/2.
 
     The random draws come from ``generator`` (a CPU generator), so the result does not depend on
-    the device of ``x`` or on the global RNG.
+    the device of ``x`` or on the global RNG. When ``x`` holds only the rows ``rows`` of a batch of
+    ``total`` images (a distributed rank's shard), the draws of the whole batch are made and the
+    shard's rows of them used, so every image is augmented as it would be in the whole batch.
     """
-    n = x.shape[0]
+    n = x.shape[0] if total is None else total
     offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
     flips = torch.rand(n, generator=generator) < 0.5
     if not flip:
         flips = torch.zeros_like(flips)
+    if rows is not None:
+        offsets, flips = offsets[rows], flips[rows]
     return crop_flip(x, offsets.to(x.device), flips.to(x.device), pad)

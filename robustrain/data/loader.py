@@ -8,6 +8,7 @@ import torch
 
 from robustrain.data.augment import AUGMENTATIONS, random_crop_flip
 from robustrain.data.dataset import ArrayDataset
+from robustrain.distributed import shard_bounds
 from robustrain.errors import ConfigError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -34,6 +35,13 @@ class BatchLoader:
 
     The uint8 images are moved to ``device`` once; each batch is gathered, augmented and converted to
     float there.
+
+    Distributed sampler: with ``world_size`` > 1 the loader serves rank ``rank``'s shard of every batch. Every
+    rank computes the same order (a function of (seed, epoch)) and takes its contiguous slice
+    (:func:`robustrain.distributed.shard_bounds`) of each global batch of ``batch_size`` images, so the global
+    batch size, the number of steps per epoch and the per-epoch shuffling are those of a single process, and the
+    shards of ranks 0, 1, ... concatenate to the single-process batch (augmentation included: the whole batch's
+    random draws are made and the shard's rows used).
     """
 
     def __init__(
@@ -47,6 +55,8 @@ class BatchLoader:
         seed: int = 0,
         device: str | torch.device = "cpu",
         crop_padding: int = 4,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive int; got {batch_size!r}.")
@@ -58,7 +68,17 @@ class BatchLoader:
             raise ConfigError(f"seed must be an int; got {seed!r}.")
         if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
             raise ConfigError(f"crop_padding must be a non-negative int; got {crop_padding!r}.")
+        if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1 \
+                or isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise ConfigError(f"expected 0 <= rank < world_size; got rank={rank!r}, world_size={world_size!r}.")
         n = len(ds)
+        smallest = n % batch_size if (n % batch_size and not drop_last) else min(n, batch_size)
+        if 0 < smallest < world_size:
+            raise ConfigError(
+                f"a batch of {smallest} examples of {ds.name!r} (batch_size {batch_size}, {n} examples) cannot be "
+                f"split over {world_size} processes; use a batch size of at least {world_size} whose last batch "
+                "is that large too, or drop_last=True."
+            )
         if drop_last and 0 < n < batch_size:
             raise ConfigError(
                 f"batch_size {batch_size} is larger than the {n} examples of {ds.name!r} and drop_last=True, "
@@ -71,6 +91,7 @@ class BatchLoader:
         self.augment = augment
         self.seed = seed
         self.crop_padding = crop_padding
+        self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
         self._images = ds.images.to(self.device)
         self._labels = ds.labels.to(self.device)
@@ -105,6 +126,11 @@ class BatchLoader:
         n, bs = len(self.dataset), self.batch_size
         for i in range(start_batch, len(self)):
             lo, hi = i * bs, min((i + 1) * bs, n)
+            rows = None
+            if self.world_size > 1:  # this rank's shard of the global batch
+                a, b = shard_bounds(hi - lo, self.rank, self.world_size)
+                rows, total = slice(a, b), hi - lo
+                lo, hi = lo + a, lo + b
             if order is None:
                 x, y = self._images[lo:hi], self._labels[lo:hi].clone()  # never hand out a view
             else:
@@ -116,11 +142,13 @@ class BatchLoader:
                     _generator("augment", self.seed, epoch, i),
                     pad=self.crop_padding,
                     flip=self.augment == "crop_flip",
+                    **({"rows": rows, "total": total} if rows is not None else {}),
                 )
             yield x.float().div_(255.0), y
 
     def __repr__(self) -> str:
         return (
             f"BatchLoader({self.dataset!r}, batch_size={self.batch_size}, shuffle={self.shuffle}, "
-            f"drop_last={self.drop_last}, augment={self.augment!r}, seed={self.seed}, device={self.device})"
+            f"drop_last={self.drop_last}, augment={self.augment!r}, seed={self.seed}, device={self.device}"
+            + (f", rank={self.rank}, world_size={self.world_size})" if self.world_size > 1 else ")")
         )

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attacks import Attack
+from ..distributed import DistInfo, all_gather_cat, current, shard_bounds
 
 
 @contextlib.contextmanager
@@ -48,11 +49,20 @@ def evaluate(
     generator: torch.Generator | None = None,
     amp_dtype: torch.dtype | None = None,
     max_batches: int | None = None,
+    distributed: bool = False,
 ) -> EvalResult:
     """Clean accuracy (key ``"clean"``) and accuracy under each attack in ``attacks`` on ``batches``.
 
     Every adversarial batch is checked against the attack's threat model before it is scored.
+
+    ``distributed=True`` (every rank of a process group calls it with the same batches): each rank evaluates its
+    shard of every batch (:func:`robustrain.distributed.shard_bounds`) and the per-example results are gathered,
+    so every rank returns the per-example results of all examples in their order. With deterministic attacks
+    (clean, FGSM) they equal the single-process ones; random starts are drawn by each rank from ``generator`` for
+    its own shard, so those results agree with a single process in distribution, not bit for bit.
     """
+    info = current() if distributed else DistInfo()
+    shard_sizes: list[list[int]] = []  # per batch, every rank's number of examples
     device_type = next(model.parameters()).device.type
 
     def autocast():
@@ -66,6 +76,15 @@ def evaluate(
         for i, (x, y) in enumerate(batches):
             if max_batches is not None and i >= max_batches:
                 break
+            if info.enabled:
+                n = x.shape[0]
+                shard_sizes.append([b - a for a, b in (shard_bounds(n, r, info.world_size) for r in range(info.world_size))])
+                lo, hi = shard_bounds(n, info.rank, info.world_size)
+                x, y = x[lo:hi], y[lo:hi]
+                if x.shape[0] == 0:
+                    for name in flags:
+                        flags[name].append(torch.zeros(0, dtype=torch.bool))
+                    continue
             t0 = time.perf_counter()
             with torch.no_grad(), autocast():
                 clean = model(x).argmax(dim=1) == y
@@ -84,7 +103,16 @@ def evaluate(
                     adv = model(res.x_adv).argmax(dim=1) == y
                 flags[name].append((adv & clean).cpu())
                 seconds[name] += time.perf_counter() - t0
-    return EvalResult(
-        correct={k: torch.cat(v) if v else torch.zeros(0, dtype=torch.bool) for k, v in flags.items()},
-        seconds=seconds,
-    )
+    correct = {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.bool) for k, v in flags.items()}
+    if info.enabled:
+        correct = {k: _in_batch_order(all_gather_cat(v), shard_sizes) for k, v in correct.items()}
+    return EvalResult(correct=correct, seconds=seconds)
+
+
+def _in_batch_order(gathered: Tensor, shard_sizes: list[list[int]]) -> Tensor:
+    """Reorder rank-major gathered results (rank 0's shards of every batch, then rank 1's, ...) into the order of
+    the examples: batch 0's shards of ranks 0, 1, ..., then batch 1's."""
+    world = len(shard_sizes[0]) if shard_sizes else 1
+    per_rank = gathered.split([sum(s[r] for s in shard_sizes) for r in range(world)])
+    pieces = [part.split([s[r] for s in shard_sizes]) for r, part in enumerate(per_rank)]
+    return torch.cat([pieces[r][i] for i in range(len(shard_sizes)) for r in range(world)]) if shard_sizes else gathered

@@ -18,7 +18,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class Callback:
-    """No-op hooks; override the ones you need."""
+    """No-op hooks; override the ones you need.
+
+    In a distributed run the hooks are called on rank 0 only, unless the callback sets ``every_rank = True``
+    (those that must act on every process, e.g. the checkpointer, whose save gathers every rank's RNG state, and
+    the overfitting monitor, whose decision every rank carries out).
+    """
+
+    every_rank = False
 
     @property
     def state_key(self) -> str:
@@ -144,7 +151,10 @@ class ProgressBar(Callback):
 
 class Checkpointer(Callback):
     """Write ``last.pt`` every ``every_steps`` steps and at each epoch end, and ``best.pt`` when the
-    validation metric ``monitor`` improves (chosen on the held-out split, never on test)."""
+    validation metric ``monitor`` improves (chosen on the held-out split, never on test). Runs on every rank of a
+    distributed run (the metrics are the same everywhere); rank 0 writes."""
+
+    every_rank = True
 
     def __init__(self, run_dir: str | Path, monitor: str = "val_robust_acc", every_steps: int = 0):
         self.run_dir = Path(run_dir)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..attacks import FGSM, attack_guard, build_attack
+from ..distributed import broadcast_object
 from ..errors import ConfigError
 from ..evaluation import evaluate
 from ..threat import ThreatModel
@@ -64,6 +65,7 @@ class OverfitMonitor(Callback):
     """
 
     state_key = "OverfitMonitor"
+    every_rank = True  # distributed: rank 0 measures and decides, every rank carries the decision out
 
     def __init__(self, x_check: Tensor, y_check: Tensor, threat: ThreatModel, *, every: int | None = None,
                  pgd_steps: int = 10, train_batch: bool = False, co: COThresholds = COThresholds(),
@@ -138,26 +140,34 @@ class OverfitMonitor(Callback):
         acc["grad_alignment"] = gradient_alignment(trainer.model, x, y, attacks["fgsm"].threat, gen)
         return acc
 
-    def check(self, trainer: "Trainer") -> Check:
-        """Run one check, decide, act; returns the check."""
-        t0 = time.perf_counter()
+    def _new_check(self, trainer: "Trainer") -> Check:
+        """Measure the held-out check batch (and the first training batch) at the radius being trained."""
         x, y = self.x.to(trainer.device), self.y.to(trainer.device)
         factor = trainer.eps_factor()  # during an ε warm-up, check at the radius being trained
         acc = self._measure(trainer, x, y, factor)
         signals = {"grad_alignment": acc["grad_alignment"]}
         signals.update({k: sum(v) / len(v) for k, v in self._signals.items() if v})
-        self._signals = {}
         if self.train_batch:
             xt, yt = next(iter(trainer.train_loader.iterate(trainer.epoch)))
             tacc = self._measure(trainer, xt, yt, factor)
             signals.update({f"train_{k}": v for k, v in tacc.items()})
-        chk = Check(trainer.step, trainer.epoch, acc["clean"], acc["fgsm"], acc["pgd"], signals,
-                    eps=self.threat.eps * factor)
+        return Check(trainer.step, trainer.epoch, acc["clean"], acc["fgsm"], acc["pgd"], signals,
+                     eps=self.threat.eps * factor)
+
+    def check(self, trainer: "Trainer") -> Check:
+        """Run one check, decide, act; returns the check."""
+        t0 = time.perf_counter()
+        decided = None
+        if trainer.dist.is_main:  # distributed: measured and decided once, on rank 0, and broadcast
+            chk = self._new_check(trainer)
+            decided = (chk, detect_catastrophic([*self.checks, chk], self.co))
+        self._signals = {}
+        chk, evidence = broadcast_object(decided)
+        signals = chk.signals
         self.checks.append(chk)
         self.check_seconds += time.perf_counter() - t0
         trainer.emit({"kind": "monitor_check", "eps": chk.eps, "clean_acc": chk.clean, "fgsm_acc": chk.fgsm, "pgd_acc": chk.pgd,
                       **{f"signal/{k}": v for k, v in signals.items()}, "check_seconds": time.perf_counter() - t0})
-        evidence = detect_catastrophic(self.checks, self.co)
         if evidence is None:
             self.co_active = False
             if self.action == "rollback":
