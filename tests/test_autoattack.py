@@ -182,6 +182,8 @@ def test_sanity_fires_on_randomised_and_masked_models(trained_digits_model, data
     x, y = data
     noisy = checks_before(Noisy(trained_digits_model), x, y, given_training=False)
     assert {c.name: c.level for c in noisy}["deterministic"] == "error"
+    eot = checks_before(Noisy(trained_digits_model), x, y, given_training=False, randomised_ok=True)
+    assert {c.name: c.level for c in eot}["deterministic"] == "ok"  # expected under --version rand (EOT)
     masked = {c.name: c.level for c in checks_before(Quantised(trained_digits_model), x, y, given_training=False)}
     assert masked["zero_gradients"] == "warning" and masked["deterministic"] == "ok"
     random_weights = make_digits_model(seed=1).eval()

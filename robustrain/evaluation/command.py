@@ -68,7 +68,7 @@ def eval_command(args: argparse.Namespace) -> int:
     else:
         target = load_run_target(Path(args.target), checkpoint=args.checkpoint, split=args.split,
                                  data_root=args.data_root, device=args.device, n_ex=args.n_ex,
-                                 batch_size=args.batch_size, eps=args.eps)
+                                 batch_size=args.batch_size, eps=args.eps, norm=args.norm)
     norm = args.norm or target.norm or "linf"
     eps = args.eps if args.eps is not None else target.eps
     _check_radius(eps, "--eps", norm)

@@ -108,7 +108,8 @@ def evaluate_robustness(model: nn.Module, x: Tensor, y: Tensor, plan: EvalPlan, 
     given_training = any(m.training for m in model.modules())
     t0 = time.perf_counter()
     with attack_guard(model, "eval"):
-        before = checks_before(model, x[:N_CHECK], y[:N_CHECK], given_training=given_training)
+        rand = plan.version == "rand" and any(a in AUTOATTACK_NAMES for a in plan.attacks)
+        before = checks_before(model, x[:N_CHECK], y[:N_CHECK], given_training=given_training, randomised_ok=rand)
         announce(before)
         check_seconds = time.perf_counter() - t0
         result = run_cascade(model, x, y, stages, plan.threat, batch_size=plan.batch_size, state=state,

@@ -41,7 +41,8 @@ def _examples(ds, n_ex: int | None, batch_size: int, device: torch.device) -> tu
 
 
 def load_run_target(target: Path, *, checkpoint: str, split: str, data_root: str | None, device: str | None,
-                    n_ex: int | None, batch_size: int | None, eps: float | None) -> Target:
+                    n_ex: int | None, batch_size: int | None, eps: float | None,
+                    norm: str | None = None) -> Target:
     """A robustrain run folder (its ``best.pt`` or ``last.pt``) or checkpoint file, on its own dataset."""
     from ..config import from_dict, validate
     from ..experiment import AMP, build_data, build_model, resolve_device
@@ -56,8 +57,9 @@ def load_run_target(target: Path, *, checkpoint: str, split: str, data_root: str
     if data_root is not None:
         cfg.data.root = data_root
     cfg.data.device = device or cfg.data.device
-    if eps is not None:
-        cfg.threat.eps = eps
+    if eps is not None or norm is not None:
+        cfg.threat.norm = norm or cfg.threat.norm
+        cfg.threat.eps = cfg.threat.eps if eps is None else eps
         validate(cfg)
     dev = resolve_device(cfg.data.device)
     data = build_data(cfg)
