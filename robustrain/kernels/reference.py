@@ -121,13 +121,17 @@ def philox_words(seed: int, n: int, device: torch.device | str = "cpu", start: i
     if not 0 <= seed < 2 ** 63:
         raise ValueError(f"philox seed must be in [0, 2^63), got {seed}.")
     c0 = torch.arange(n, device=device, dtype=torch.int64) * stride + start
-    if int(c0.max()) >= 2 ** 31 if n else False:
+    if n and int(c0.max()) >= 2 ** 31:
         raise ValueError("philox counters must stay below 2^31 (the kernels use 32-bit offsets).")
-    c1 = torch.zeros_like(c0)
-    c2 = torch.zeros_like(c0)
-    c3 = torch.zeros_like(c0)
-    k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
-    for _ in range(10):
+    zero = torch.zeros_like(c0)
+    return philox4x32(c0, zero, zero, zero, seed & _MASK32, (seed >> 32) & _MASK32)
+
+
+def philox4x32(c0: Tensor, c1: Tensor, c2: Tensor, c3: Tensor, k0: int, k1: int,
+               rounds: int = 10) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The Philox4x32 block cipher (Salmon et al., SC 2011) on counters given as int64 tensors of 32-bit
+    words, with the key (k0, k1)."""
+    for _ in range(rounds):
         hi_b, lo_b = _mul32(_ROUND_B, c2)
         hi_a, lo_a = _mul32(_ROUND_A, c0)
         c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
