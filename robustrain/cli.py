@@ -100,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"robustrain: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if args.command == "eval":
+            print("robustrain: interrupted; progress is saved after every batch: rerun the same command to continue.",
+                  file=sys.stderr)
+            return 130
         print("robustrain: interrupted; checkpoints already written are intact (resume with --resume).", file=sys.stderr)
         return 130
 

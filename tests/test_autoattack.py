@@ -266,3 +266,42 @@ def test_cli_evaluates_a_module_factory_model(trained_digits_model, tmp_path, mo
     assert "worst-case robust accuracy" in capsys.readouterr().out
     assert main(["eval", "--model", "digits_factory:build", "--dataset", "digits"]) == 2  # no --eps
     assert "--eps" in capsys.readouterr().err
+
+
+def test_official_backend_is_driven_stage_by_stage(trained_digits_model, data, monkeypatch):
+    """Without the official package installed, a stand-in with its API checks that each stage configures and calls
+    the right component with the cascade's points (the attacks themselves are not exercised here)."""
+    import sys
+    import types
+
+    calls = []
+
+    class Component:
+        def __init__(self, name):
+            self.name = name
+
+        def perturb(self, x, y):
+            calls.append((self.name, dict(vars(self)), x.shape[0]))
+            return x.clone()
+
+    class FakeAutoAttack:
+        def __init__(self, model, norm, eps, seed, verbose, version, device):
+            assert (norm, eps, version) == ("Linf", EPS, "standard")
+            self.apgd, self.apgd_targeted = Component("apgd"), Component("apgd_targeted")
+            self.fab, self.square = Component("fab"), Component("square")
+
+    monkeypatch.setitem(sys.modules, "autoattack", types.SimpleNamespace(AutoAttack=FakeAutoAttack, __version__="0"))
+    report, _ = evaluate_robustness(trained_digits_model, *data, quick_plan(attacks=["clean", "autoattack"],
+                                                                            backend="autoattack"), num_classes=10)
+    assert report["backend"] == {"name": "autoattack", "version": "0"}
+    n_clean = int(report["accuracy"]["clean"] * N + 0.5)
+    by_stage = [(name, attrs) for name, attrs, _ in calls]
+    order = [n for i, (n, _) in enumerate(by_stage) if i == 0 or by_stage[i - 1][0] != n]
+    assert order == ["apgd", "apgd_targeted", "fab", "square"]
+    for stage in order:  # every stage gets the clean-correct points (nothing was broken), in batches of 25
+        assert [k for name, _, k in calls if name == stage] == [min(25, n_clean - i) for i in range(0, n_clean, 25)]
+    apgd, apgdt, fab, square = (next(a for n, a in by_stage if n == stage) for stage in order)
+    assert apgd["loss"] == "ce" and apgd["n_iter"] == 4 and apgd["n_restarts"] == 1
+    assert apgdt["n_target_classes"] == 9 and fab["targeted"] is True and fab["n_target_classes"] == 9
+    assert square["n_queries"] == 30
+    assert report["accuracy"]["autoattack"] == report["accuracy"]["clean"]  # the stand-in breaks nothing
