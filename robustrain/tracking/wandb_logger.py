@@ -231,7 +231,7 @@ class WandbLogger(Callback):
         import wandb
 
         self.run.log({"events": wandb.Table(columns=EVENT_COLUMNS, data=self.events)}, step=max(trainer.step, self.run.step))
-        self.run.summary["events"] = len(self.events)
+        self.run.summary["n_events"] = len(self.events)
         best = [h for h in trainer.history if isinstance(h.get("val_robust_acc"), float)]
         if best:
             top = max(best, key=lambda h: h["val_robust_acc"])
