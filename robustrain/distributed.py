@@ -172,6 +172,13 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return work.to(t.device)
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any rank (a stop requested on one rank stops all)."""
+    if not current().enabled:
+        return flag
+    return bool(all_reduce_sum(torch.tensor([float(flag)])).item() > 0)
+
+
 def barrier() -> None:
     """Wait until every rank arrives (a no-op for a single process)."""
     if current().enabled:

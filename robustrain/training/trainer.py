@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attacks import Attack
-from ..distributed import DistInfo, barrier, current, gather_objects
+from ..distributed import DistInfo, any_rank, barrier, current, gather_objects
 from ..errors import CheckpointError, NonFiniteLossError
 from ..evaluation import evaluate
 from .callbacks import Callback
@@ -154,6 +154,8 @@ class Trainer:
                     break  # stopped mid-epoch
                 metrics = self._end_epoch()
                 self._call("on_epoch_end", metrics)
+                if self.dist.enabled:
+                    self.should_stop = any_rank(self.should_stop)
             self._call("on_fit_end")
         except BaseException as exc:
             for cb in self._callbacks_here():
@@ -169,6 +171,8 @@ class Trainer:
             self.step += 1
             self.batch_in_epoch += 1
             self._call("on_batch_end", logs)
+            if self.dist.enabled:
+                self.should_stop = any_rank(self.should_stop)  # e.g. requested by a rank-0-only callback
             if self.should_stop:
                 return
 
