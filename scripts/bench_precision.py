@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--compile", action="store_true", help="also time train.compile (fp32; slow warm-up on CPU)")
+    p.add_argument("--variants", nargs="+", default=None, metavar="NAME",
+                   help="time only these contenders (fp32 is always timed: it is the baseline)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None)
     return p.parse_args(argv)
@@ -61,6 +63,8 @@ def contenders(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor) -> di
                 ("channels_last", None, True, False), ("bf16+channels_last", torch.bfloat16, True, False)]
     if args.compile:
         variants.append(("compile", None, False, True))
+    if args.variants:
+        variants = [v for v in variants if v[0] == BASELINE or v[0] in args.variants]
     out = {}
     for name, amp, channels_last, compile_ in variants:
         torch.manual_seed(args.seed)  # the same initial weights for every contender

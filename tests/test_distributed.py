@@ -169,6 +169,16 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
         res = evaluate(full.model, test.iterate(0), attacks, generator=torch.Generator().manual_seed(0),
                        distributed=True)
         result["correct"] = {k: v.tolist() for k, v in res.correct.items()}
+        # the overfitting monitor: rank 0 measures and decides (rollback, then give up), every rank acts alike
+        mon = load_config(QUICK, [*EQUAL, "monitor.enabled=true", "monitor.every=3", "monitor.action=rollback",
+                                  "monitor.remedy={kind: lr, factor: 0.5}", "monitor.co_drop=-1", "monitor.co_stable=10",
+                                  "monitor.co_gap=null", "monitor.max_rollbacks=1", "monitor.n_check=64",
+                                  "monitor.pgd_steps=2", f"out_dir={tmp}"])
+        watched, _ = build_trainer(mon, tmp_path / "monitor", data)
+        watched.fit()
+        result["monitor"] = {"step": watched.step, "lr_scale": watched.lr_scale,
+                             "events": [e["kind"] for e in watched.callbacks[1].events],
+                             "weights": [float(v.double().sum()) for v in watched.model.state_dict().values()]}
         try:
             from robustrain.experiment import build_model
 
@@ -197,6 +207,9 @@ def test_distributed_resume_and_evaluation(tmp_path):
         assert res["steps"] == 10 and res["resume_equal"] and res["history_equal"]
         assert "GPUs only" in res["sync_bn_error"]
     assert results[0]["correct"] == results[1]["correct"]  # every rank holds all results
+    monitor = [r["monitor"] for r in results]
+    assert monitor[0]["events"] == ["catastrophic_overfitting", "rollback", "catastrophic_overfitting", "give_up"]
+    assert monitor[0] == monitor[1] and monitor[0]["step"] == 9 and monitor[0]["lr_scale"] == 0.5
 
     cfg = load_config(QUICK, [*EQUAL, f"out_dir={tmp_path}"])
     trainer, data = build_trainer(cfg, tmp_path / "single")
