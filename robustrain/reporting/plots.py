@@ -170,6 +170,7 @@ def plot_regularisers(runs: Sequence[Run], path: str | Path, title: str) -> Path
                 _mark_events(ax, run, _colour(i), i, with_label=False)
         ax.set_title(key, fontsize=10)
         ax.set_xlabel("epoch")
+        ax.tick_params(labelbottom=True)  # shared x, but the grid may have an incomplete last row
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
         ax.set_visible(False)
@@ -200,11 +201,15 @@ def plot_monitor_checks(runs: Sequence[Run], path: str | Path, title: str) -> Pa
             ax2.plot(steps, [c["eps"] for c in run.checks], color="gray", linestyle=":", label="ε of the check")
             ax2.set_ylim(0, max(c["eps"] for c in run.checks) * 1.05 or 1)
             ax2.set_ylabel("ε (dotted)", color="gray")
+        at_step: dict[int, list[str]] = {}
         for e in run.events:
-            _, colour = EVENT_STYLE.get(e["event"], (e["event"], "black"))
+            short, colour = EVENT_STYLE.get(e["event"], (e["event"], "black"))
             ax.axvline(e["step"], color=colour, linestyle="--", alpha=0.8)
-            ax.text(e["step"], 1.02, e["event"].replace("_", " "), rotation=90, fontsize=7, color=colour, va="bottom")
-        ax.set_title(run.label, fontsize=10, pad=60 if run.events else 6)
+            at_step.setdefault(e["step"], []).append(short)
+        for step, shorts in at_step.items():  # one label per step: "CO + rollback"
+            ax.annotate(" + ".join(shorts), (step, 1.0), xytext=(3, 3), textcoords="offset points", fontsize=8,
+                        color="0.15", va="bottom")
+        ax.set_title(run.label, fontsize=10, pad=16 if run.events else 6)
         ax.set_xlabel("training step")
         ax.set_ylim(0, 1.0)
         ax.grid(alpha=0.3)

@@ -163,9 +163,18 @@ class WandbLogger(Callback):
         run_id = os.environ.get("WANDB_RUN_ID") or read_run_file(self.run_dir).get("id") or self.run_id \
             or secrets.token_hex(4)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(project=self.project, entity=self.entity, group=self.group, tags=self.tags or None,
-                              name=self.name, config={**self.config, "environment": self.environment},
-                              mode=self.mode, dir=str(self.run_dir), id=run_id, resume="allow", job_type="train")
+        try:
+            self.run = wandb.init(project=self.project, entity=self.entity, group=self.group, tags=self.tags or None,
+                                  name=self.name, config={**self.config, "environment": self.environment},
+                                  mode=self.mode, dir=str(self.run_dir), id=run_id, resume="allow", job_type="train")
+        except Exception as e:  # noqa: BLE001 - wandb raises many kinds; an explicit mode must work, auto may not
+            if self.requested_mode != "auto":
+                raise
+            print(f"[robustrain] wandb could not start ({type(e).__name__}: {e}); this run is not tracked "
+                  "(metrics.jsonl is written as always). Set wandb.mode to offline or online to make this an error.",
+                  flush=True)
+            self.mode, self.run = "disabled", None
+            return
         self.run_id = self.run.id
         self.run.define_metric("epoch")
         self.run.define_metric("val/*", step_metric="epoch")
