@@ -149,6 +149,7 @@ def test_offline_run_holds_config_metrics_and_events(tracked_run):
         row = by_step[s["step"]]
         for key in ("loss", "loss_main", "lr", "images_per_s", "eps"):
             assert row["train/" + key] == pytest.approx(s[key]), key
+        assert row["train/adv_acc"] == pytest.approx(s["train_adv_acc"])
         assert row["elle/loss"] == pytest.approx(s["elle/loss"])
     # the monitor: its checks, and its decision as a point, an alert and a row of the events table
     checks = [r for r in records if r["kind"] == "event" and r["event"] == "monitor_check"]
@@ -194,13 +195,19 @@ def test_resume_continues_the_same_wandb_run_and_eval_attaches_its_report(tracke
 
     monkeypatch.delenv("WANDB_MODE")  # conftest's WANDB_MODE=disabled would keep the report out (as it should)
     report = run / "eval.json"
-    report.write_text(json.dumps({"n_ex": 100, "clean_acc": 81.0, "pgd-50-10_acc": 40.5, "attack": {"steps": 50}}))
+    (run / "eval").mkdir()
+    (run / "eval" / "report.json").write_text(json.dumps({"stages": []}))
+    (run / "eval" / "report.md").write_text("# report\n")
+    report.write_text(json.dumps({"n_ex": 100, "clean_acc": 81.0, "pgd-50-10_acc": 40.5, "attack": {"steps": 50},
+                                  "report": str(run / "eval" / "report.json")}))
     assert attach_report(run, report) == info["id"]
     attached = read_offline_run(_sync_dirs(run)[-1])
     assert attached["run"].run_id == info["id"]
     assert attached["summary"]["eval/eval/pgd-50-10_acc"] == 40.5
     assert attached["summary"]["eval/eval/attack/steps"] == 50
-    assert [a.type for a in attached["artifacts"]] == ["evaluation"]
+    (art,) = attached["artifacts"]
+    assert art.type == "evaluation"
+    assert sorted(e.path for e in art.manifest.contents) == ["eval.json", "eval/report.json", "eval/report.md"]
 
 
 def test_untracked_runs_and_other_ranks_stay_off(tmp_path, monkeypatch):

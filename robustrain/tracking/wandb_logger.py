@@ -4,8 +4,8 @@ What goes to wandb (rank 0 only; ``metrics.jsonl`` is written by :class:`JSONLLo
 
 - the resolved config with the environment under ``environment``;
 - every ``log_every`` steps: ``train/loss``, ``train/loss_main``, ``train/lr``, ``train/images_per_s``,
-  ``train/eps``, ``train/train_adv_acc``, ``train/epoch`` and each regulariser's terms under their own names
-  (``elle/loss``, ``elle/e_lin``, ...), at wandb step = optimiser step;
+  ``train/eps``, ``train/adv_acc`` (accuracy on the training attack's points), ``train/epoch`` and each
+  regulariser's terms under their own names (``elle/loss``, ``elle/e_lin``, ...), at wandb step = optimiser step;
 - every epoch: ``val/clean_acc``, ``val/robust_acc``, ``val/fgsm_acc`` against ``epoch``;
 - monitor checks as ``monitor/*``; monitor decisions (catastrophic or robust overfitting, rollback, give-up)
   as a wandb alert, as a point ``event/<kind>`` at that step, and as a row of the ``events`` table;
@@ -203,7 +203,7 @@ class WandbLogger(Callback):
 
     def on_batch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
         if trainer.step % self.every == 0 or trainer.step == 1:
-            data = {(k if "/" in k else f"train/{k}"): v for k, v in logs.items()}
+            data = {(k if "/" in k else f"train/{k.removeprefix('train_')}"): v for k, v in logs.items()}
             data["train/epoch"] = trainer.step / trainer.steps_per_epoch
             self._log(trainer, data)
 
@@ -292,7 +292,8 @@ def _flat_numbers(data: Any, prefix: str = "") -> dict[str, float]:
 
 def attach_report(run_dir: str | Path, report_path: str | Path) -> str | None:
     """Attach an evaluation report (``eval.json``, ``report.json``, ...) to the run's wandb run: its numbers go to
-    the run summary under ``eval/<file stem>/...`` and the file itself becomes an ``evaluation`` artifact.
+    the run summary under ``eval/<file stem>/...`` and the file itself becomes an ``evaluation`` artifact (with the
+    full report it names under ``"report"``, and that report's ``.md``, when they exist).
 
     Does nothing (returns None) for a run that was not tracked, with ``WANDB_MODE=disabled`` or on non-zero ranks;
     returns the wandb run id otherwise. The run is resumed in the mode it was trained in (online falls back to
@@ -316,6 +317,10 @@ def attach_report(run_dir: str | Path, report_path: str | Path) -> str | None:
         run.summary[f"eval/{report_path.stem}/{k}"] = v
     art = wandb.Artifact(f"eval-{run.id}", type="evaluation", metadata={"file": report_path.name})
     art.add_file(str(report_path), name=report_path.name)
+    full = Path(str(report.get("report", ""))) if isinstance(report, dict) else Path()
+    for extra in (full, full.with_suffix(".md")) if full.suffix == ".json" else ():
+        if extra.is_file():  # eval.json names the full evaluation report (report.json / report.md): attach it too
+            art.add_file(str(extra), name=f"{full.parent.name}/{extra.name}")
     run.log_artifact(art, aliases=[report_path.stem])
     run_id = run.id
     _finish(run, mode)
