@@ -271,9 +271,13 @@ def test_report_draws_and_summarises_run_folders(tracked_run, tmp_path, capsys):
 
     other = tmp_path / "other"
     shutil.copytree(tracked_run, other, ignore=shutil.ignore_patterns("wandb", "report", "*.pt"))
+    with (other / "metrics.jsonl").open("a") as f:  # a robust-overfitting declaration, as the monitor writes one
+        f.write(json.dumps({"kind": "event", "event": "robust_overfitting", "time": 0.0, "epoch": 2, "step": 4,
+                            "action": "warn", "message": "robust overfitting: test line"}) + "\n")
     assert main(["report", str(tracked_run), str(other), "--out", str(tmp_path / "cmp")]) == 0
     md = (tmp_path / "cmp" / "report.md").read_text()
-    assert "| run " in md and "| other " in md
+    assert "| run " in md and "| other " in md and "1×CO, 1×RO" in md
+    assert "other, epoch 2.00 (step 4): **robust_overfitting** — robust overfitting: test line" in md
     assert main(["report", str(tracked_run), str(other)]) == 2  # several runs need --out
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
