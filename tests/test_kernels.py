@@ -1,11 +1,11 @@
 """The attack-step kernels: the PyTorch reference is what the attacks computed before, the Triton kernels equal
-the reference bit for bit (L2: within one ulp of x+δ, the norms sum in another order), the dispatcher picks and
-refuses as documented, and attacks take input gradients with every parameter frozen.
+the reference bit for bit (L2: within one fp32 ulp at 1.0, the norms sum in another order), the dispatcher
+picks and refuses as documented, and attacks take input gradients with every parameter frozen.
 
-The parity tests need the Triton interpreter, which must be switched on (TRITON_INTERPRET=1) before triton is
-first imported. In a plain pytest process (where another test may already have imported triton) they are
-skipped and ``test_parity_through_the_triton_interpreter`` runs this file again in a subprocess with the
-variable set."""
+The parity tests (``test_fused_*``) need the Triton interpreter on CPU, which must be switched on
+(TRITON_INTERPRET=1) before triton is first imported. In a plain pytest process (where another test may already
+have imported triton) they are skipped and ``test_parity_through_the_triton_interpreter`` runs them in a
+subprocess with the variable set. On a machine with CUDA they also run in the process itself, on the GPU."""
 from __future__ import annotations
 
 import os
@@ -28,13 +28,16 @@ from robustrain.threat import L2Ball, LinfBall, clip_to_box
 from conftest import digits_batch, make_digits_model
 
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
-interpreted = pytest.mark.skipif(not INTERPRETER, reason="runs in the TRITON_INTERPRET=1 subprocess")
+CUDA = torch.cuda.is_available() and not INTERPRETER
+DEVICE = "cuda" if CUDA else "cpu"
+fused = pytest.mark.skipif(not (INTERPRETER or CUDA),
+                           reason="runs in the TRITON_INTERPRET=1 subprocess (or here on a CUDA device)")
 
 SHAPES = [(1, 3, 5, 7), (129, 3, 5, 7), (3, 1, 67, 65)]  # odd sizes; the last has D = 4355 > one L2 block
 DTYPES = [torch.float32, torch.bfloat16]
 
 
-def case(shape, dtype, seed=0):
+def case(shape, dtype, seed=0, device="cpu"):
     """x with whole examples at the box edges (0 and 1), δ in the ball, a gradient with zeros."""
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(shape, generator=g)
@@ -50,7 +53,7 @@ def case(shape, dtype, seed=0):
     grad[0, 0] = 0.0
     if shape[0] > 3:
         grad[3] = 0.0  # a whole example without gradient (L2: the 1e-12 floor)
-    return x, delta, grad.to(dtype)
+    return x.to(device), delta.to(device), grad.to(dtype).to(device)
 
 
 # -- the reference is what the attacks computed before ------------------------------------------------------
@@ -195,7 +198,7 @@ def test_attack_backward_runs_with_parameters_frozen_and_writes_no_grad(digits, 
 
 # -- parity through the Triton interpreter ---------------------------------------------------------------------
 def test_parity_through_the_triton_interpreter():
-    """Run this file's interpreted tests in a subprocess with TRITON_INTERPRET=1 set before any import."""
+    """Run this file's ``test_fused_*`` tests in a subprocess with TRITON_INTERPRET=1 set before any import."""
     if INTERPRETER:
         pytest.skip("already inside the interpreter run")
     pytest.importorskip("triton")
@@ -203,7 +206,7 @@ def test_parity_through_the_triton_interpreter():
     env.pop(kernels.ENV_VAR, None)
     here = Path(__file__)
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(here), "-k",
-                           "interpreted"], cwd=here.parents[1], env=env, capture_output=True, text=True, timeout=600)
+                           "fused_"], cwd=here.parents[1], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1], proc.stdout[-2000:]
 
@@ -214,11 +217,11 @@ another order (the norm moves by about one ulp), and where δ + step·g/‖g‖ 
 operands' scale; measured: at most 2^-24, on 2-24 % of the elements."""
 
 
-@interpreted
+@fused
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_interpreted_steps_equal_the_reference(shape, dtype):
-    x, delta, grad = case(shape, dtype)
+def test_fused_steps_equal_the_reference(shape, dtype):
+    x, delta, grad = case(shape, dtype, device=DEVICE)
     for eps in (0.03, None):
         got_linf = kernels.linf_step(delta, grad, x, 0.01, eps, backend="triton")
         assert got_linf.dtype == torch.float32
@@ -233,11 +236,11 @@ def test_interpreted_steps_equal_the_reference(shape, dtype):
         assert torch.equal(got_linf[3], delta[3]) and torch.equal(got_l2[3], delta[3])
 
 
-@interpreted
+@fused
 @pytest.mark.parametrize("shape", SHAPES[:2])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_interpreted_random_start_keep_best_and_triplets_equal_the_reference(shape, dtype, monkeypatch):
-    x, delta, grad = case(shape, dtype)
+def test_fused_random_start_keep_best_and_triplets_equal_the_reference(shape, dtype, monkeypatch):
+    x, delta, grad = case(shape, dtype, device=DEVICE)
     for seed, clip in ((0, False), (2 ** 31 - 2, True)):
         monkeypatch.setattr(kernels.dispatch, "_seed", lambda generator: seed)  # the draw is tested apart
         got = kernels.random_start(LinfBall(0.05), x, None, scale=2.0, backend="triton")
@@ -249,37 +252,37 @@ def test_interpreted_random_start_keep_best_and_triplets_equal_the_reference(sha
             assert torch.equal(p, q)
     b = shape[0]
     g = torch.Generator().manual_seed(1)
-    best_loss, loss = torch.rand(b, generator=g), torch.rand(b, generator=g)
-    best_wrong, wrong = torch.rand(b, generator=g) < 0.5, torch.rand(b, generator=g) < 0.5
+    best_loss, loss = torch.rand(b, generator=g).to(DEVICE), torch.rand(b, generator=g).to(DEVICE)
+    best_wrong, wrong = (torch.rand(b, generator=g) < 0.5).to(DEVICE), (torch.rand(b, generator=g) < 0.5).to(DEVICE)
     ref = R.keep_best(delta.clone(), best_loss, best_wrong, -delta, loss, wrong)
     got = kernels.keep_best_update(delta.clone(), best_loss, best_wrong, -delta, loss, wrong, backend="triton")
     for p, q in zip(got, ref):
         assert torch.equal(p, q)
 
 
-@interpreted
-def test_interpreted_seed_comes_from_the_generator():
-    x, _, _ = case((5, 3, 5, 7), torch.float32)
+@fused
+def test_fused_seed_comes_from_the_generator():
+    x, _, _ = case((5, 3, 5, 7), torch.float32, device=DEVICE)
     seed = int(torch.randint(0, 2 ** 31 - 1, (), generator=torch.Generator().manual_seed(9)))
     got = kernels.pgd_start(LinfBall(0.03), x, torch.Generator().manual_seed(9), backend="triton")
     assert torch.equal(got, R.linf_random_start(x, 0.03, seed))
 
 
-@interpreted
+@fused
 @settings(max_examples=6, deadline=None)
 @given(b=st.integers(1, 6), c=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9), seed=st.integers(0, 99),
        bf16=st.booleans())
-def test_interpreted_random_shapes(b, c, h, w, seed, bf16):
-    x, delta, grad = case((b, c, h, w), torch.bfloat16 if bf16 else torch.float32, seed)
+def test_fused_random_shapes(b, c, h, w, seed, bf16):
+    x, delta, grad = case((b, c, h, w), torch.bfloat16 if bf16 else torch.float32, seed, device=DEVICE)
     assert torch.equal(kernels.linf_step(delta, grad, x, 0.02, 0.03, backend="triton"),
                        R.linf_step(delta, grad, x, 0.02, 0.03))
     ref = R.l2_step(delta, grad, x, 0.2, 0.1)
     assert (kernels.l2_step(delta, grad, x, 0.2, 0.1, backend="triton") - ref).abs().max() <= L2_TOL
 
 
-@interpreted
-def test_interpreted_forced_triton_refuses_unsupported_dtype_and_operation():
-    x, delta, grad = case((2, 1, 4, 4), torch.float64)
+@fused
+def test_fused_forced_triton_refuses_unsupported_dtype_and_operation():
+    x, delta, grad = case((2, 1, 4, 4), torch.float64, device=DEVICE)
     with pytest.raises(KernelUnavailableError, match="float64"):
         kernels.linf_step(delta, grad, x, 0.1, 0.1, backend="triton")
     assert kernels.choose("op", x) == "reference"  # auto never interprets CPU tensors
@@ -287,12 +290,12 @@ def test_interpreted_forced_triton_refuses_unsupported_dtype_and_operation():
         kernels.pgd_start(L2Ball(0.5), x.float(), backend="triton")
 
 
-@interpreted
+@fused
 @pytest.mark.parametrize("norm", ["linf", "l2"])
-def test_interpreted_attacks_through_the_fused_path_match_the_reference(monkeypatch, digits, norm):
+def test_fused_attacks_through_the_fused_path_match_the_reference(monkeypatch, digits, norm):
     """PGD without random start is deterministic: fused steps and keep-best give the reference's result."""
-    model = make_digits_model(batchnorm=False)
-    x, y = digits_batch(digits[0], 17)
+    model = make_digits_model(batchnorm=False).to(DEVICE)
+    x, y = (t.to(DEVICE) for t in digits_batch(digits[0], 17))
     threat = LinfBall(0.1) if norm == "linf" else L2Ball(0.6)
     attack = PGD(threat, steps=3, restarts=1, random_start=False, keep_best=True)
     monkeypatch.setenv(kernels.ENV_VAR, "reference")

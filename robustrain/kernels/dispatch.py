@@ -89,10 +89,10 @@ def choose(what: str, *tensors: Tensor, backend: str | None = "auto", fused_exis
     choice = requested_backend(backend)
     if choice == "reference":
         return "reference"
-    problem = fused_problem(what, *tensors, fused_exists=fused_exists)
-    if choice == "auto":
+    if choice == "auto":  # CPU tensors never import triton here
         cuda = all(t.device.type == "cuda" for t in tensors)
-        return "triton" if problem is None and cuda else "reference"
+        return "triton" if cuda and fused_problem(what, *tensors, fused_exists=fused_exists) is None else "reference"
+    problem = fused_problem(what, *tensors, fused_exists=fused_exists)
     if problem is not None:
         source = "backend='triton'" if str(backend).lower() == "triton" else f"{ENV_VAR}=triton"
         raise KernelUnavailableError(f"the fused kernel was forced ({source}) but cannot run: {problem}. Use "
