@@ -28,6 +28,8 @@ def _train(args: argparse.Namespace) -> int:
         print(f"\n{cfg.name}: test accuracy (%) after {summary['train_seconds']} s of training\n")
         print(summary["table"])
         print(f"\nwritten: {run_dir}/summary.json, metrics.jsonl, best.pt, last.pt", flush=True)
+        if summary.get("wandb_sync"):
+            print(f"wandb (offline): upload this run with  {summary['wandb_sync']}", flush=True)
     return 0
 
 

@@ -310,5 +310,7 @@ def run_training(cfg: Config, run_dir: Path, *, resume: bool = False) -> dict[st
             tracker.finish(exit_code=1)
         raise
     if tracker is not None:
-        tracker.finish(summary)
+        sync = tracker.finish(summary, announce=False)
+        if sync:
+            summary["wandb_sync"] = sync  # the CLI prints it last
     return summary

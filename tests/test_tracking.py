@@ -176,7 +176,7 @@ def test_offline_run_holds_config_metrics_and_events(tracked_run):
         assert logged["summary"][f"test/{row['checkpoint']}/pgd-2-1_acc"] == row["pgd-2-1_acc"]
 
 
-def test_resume_continues_the_same_wandb_run_and_eval_attaches_its_report(tracked_run, tmp_path, monkeypatch):
+def test_resume_continues_the_same_wandb_run_and_eval_attaches_its_report(tracked_run, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     shutil.copytree(tracked_run, run, ignore=shutil.ignore_patterns("wandb"))
     info = json.loads((run / "wandb_run.json").read_text())
@@ -184,6 +184,7 @@ def test_resume_continues_the_same_wandb_run_and_eval_attaches_its_report(tracke
     (run / "wandb_run.json").write_text(json.dumps(info))
     assert main(["train", "-c", str(QUICK), "--run-dir", str(run), "--resume", *TINY, "--set", "train.epochs=3"]) == 0
     (sync,) = _sync_dirs(run)
+    assert capsys.readouterr().out.rstrip().endswith(f"upload this run with  wandb sync {sync}")  # printed last
     resumed = read_offline_run(sync)
     assert resumed["run"].run_id == info["id"]
     third = [r for r in _jsonl(run) if r["kind"] == "epoch"][-1]

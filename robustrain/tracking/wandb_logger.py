@@ -104,11 +104,16 @@ def _remember(run_dir: Path, run: Any, mode: str) -> None:
     _write_run_file(run_dir, info)
 
 
-def _finish(run: Any, mode: str, exit_code: int = 0) -> None:
+def _finish(run: Any, mode: str, exit_code: int = 0, announce: bool = True) -> str | None:
+    """End the run; for an offline run return (and print, if ``announce``) the command that uploads it."""
     sync_dir = run.settings.sync_dir
     run.finish(exit_code=exit_code)
-    if mode == "offline":
-        print(f"wandb: offline run saved; upload it with:  wandb sync {sync_dir}", flush=True)
+    if mode != "offline":
+        return None
+    command = f"wandb sync {sync_dir}"
+    if announce:
+        print(f"wandb: offline run saved; upload it with:  {command}", flush=True)
+    return command
 
 
 def _number(v: Any) -> float | None:
@@ -180,10 +185,11 @@ class WandbLogger(Callback):
         self.run.define_metric("val/*", step_metric="epoch")
         _remember(self.run_dir, self.run, self.mode)
 
-    def finish(self, summary: dict[str, Any] | None = None, exit_code: int = 0) -> None:
-        """Log the events table, the checkpoints (if asked) and the test results of ``summary``; end the run."""
+    def finish(self, summary: dict[str, Any] | None = None, exit_code: int = 0, announce: bool = True) -> str | None:
+        """Add the test results of ``summary`` to the run summary and end the run; returns the ``wandb sync``
+        command of an offline run (printed too unless ``announce`` is False)."""
         if self.run is None:
-            return
+            return None
         if summary:
             for row in summary.get("test", []):
                 for k, v in row.items():
@@ -191,7 +197,7 @@ class WandbLogger(Callback):
                         self.run.summary[f"test/{row['checkpoint']}/{k}"] = v
             self.run.summary["train_seconds"] = summary.get("train_seconds")
         run, self.run = self.run, None
-        _finish(run, self.mode, exit_code)
+        return _finish(run, self.mode, exit_code, announce)
 
     def _log(self, trainer: "Trainer", data: dict[str, Any]) -> None:
         if self.run is not None and trainer.step >= self.run.step:  # a resumed run does not re-log old steps
