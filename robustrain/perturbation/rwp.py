@@ -30,7 +30,7 @@ from .base import Perturbation, ascent_gradients, global_scaled, perturbed
 
 def lsc_mask(per_example_loss: Tensor, c_min: float) -> Tensor:
     """The loss stationary condition: 1.0 for examples whose loss is below ``c_min``, else 0.0."""
-    return (per_example_loss.detach() < c_min).to(per_example_loss.dtype)
+    return (per_example_loss.detach().double() < c_min).to(per_example_loss.dtype)  # compared exactly, in fp64
 
 
 class RWP(Perturbation):
