@@ -23,7 +23,8 @@ def main() -> None:
     args = p.parse_args()
 
     runs = load_runs(args.runs)
-    lines = [f"# {args.title}\n", f"Produced by `python scripts/plot_monitor.py {' '.join(map(str, args.runs))} --out {args.out}`.\n"]
+    command = f"python scripts/plot_monitor.py {' '.join(map(str, args.runs))} --out {args.out}"
+    lines = [f"# {args.title}\n", f"Produced by `{command}`.\n"]
     for run in runs:
         lines.append(f"\n## {run.label}\n")
         for row in run.summary.get("test", []):
@@ -31,9 +32,11 @@ def main() -> None:
                 f"{k} {v}" for k, v in row.items() if k.endswith("_acc")))
         hist = run.summary.get("history", [])
         if hist:
-            lines.append("- validation robust accuracy per epoch: " + ", ".join(f"{h['val_robust_acc']:.3f}" for h in hist))
+            lines.append("- validation robust accuracy per epoch: "
+                         + ", ".join(f"{h['val_robust_acc']:.3f}" for h in hist))
         if run.checks:
-            lines.append(f"- checks: {len(run.checks)}, total check time {sum(c.get('check_seconds', 0) for c in run.checks):.1f} s"
+            check_s = sum(c.get("check_seconds", 0) for c in run.checks)
+            lines.append(f"- checks: {len(run.checks)}, total check time {check_s:.1f} s"
                          f" of {run.summary.get('train_seconds', float('nan'))} s training")
         lines.append(f"- events: {len(run.events) or 'none'}")
         for e in run.events:

@@ -18,7 +18,8 @@ def write_report(folders: Sequence[str | Path], out: str | Path, *, title: str |
     """Plots and ``report.md`` for the run folders into ``out``; returns the written files by name."""
     runs = load_runs(list(folders))
     out = Path(out)
-    title = title or ("run " + runs[0].label if len(runs) == 1 else f"{len(runs)} runs: " + ", ".join(r.label for r in runs))
+    if title is None:
+        title = "run " + runs[0].label if len(runs) == 1 else f"{len(runs)} runs: " + ", ".join(r.label for r in runs)
     written: dict[str, Path | None] = {
         "accuracy": plot_epoch_panels(runs, out / "accuracy.png", f"{title}: accuracy per epoch"),
         "training": plot_training(runs, out / "training.png", f"{title}: training curves"),

@@ -91,8 +91,8 @@ def report_markdown(runs: Sequence[Run], images: dict[str, str], command: str, t
         lines += ["", "## Evaluation reports", ""]
         for r, name, rep in reports:
             accs = {k: v for k, v in rep.items() if k.endswith("_acc") and number(v) is not None}
-            lines.append(f"- {r.label}/{name}.json: " + (", ".join(f"{k} {v}" for k, v in accs.items()) or "(no *_acc fields)")
-                         + (f" (n = {rep['n_ex']})" if "n_ex" in rep else ""))
+            shown = ", ".join(f"{k} {v}" for k, v in accs.items()) or "(no *_acc fields)"
+            lines.append(f"- {r.label}/{name}.json: {shown}" + (f" (n = {rep['n_ex']})" if "n_ex" in rep else ""))
     lines += ["", "## Plots", ""]
     lines += [f"![{name}]({path})" for name, path in images.items()]
     return "\n".join(lines) + "\n"
@@ -117,7 +117,8 @@ def seed_table(runs: Sequence[Run]) -> str:
         co = sum(1 for r in members if any(e["event"] == "catastrophic_overfitting" for e in r.events))
         best_vals = [100 * b for b, _ in map(_best_val, members) if b is not None]
         rows.append({
-            "data": data, "training": training, "ε": eps, "seeds": ",".join(str(r.config.get("seed")) for r in members),
+            "data": data, "training": training, "ε": eps,
+            "seeds": ",".join(str(r.config.get("seed")) for r in members),
             "test clean (last)": _mean_std([v for r in members if (v := _test(r, "last", False)) is not None]),
             "test robust (last)": _mean_std([v for r in members if (v := _test(r, "last", True)) is not None]),
             "test clean (best)": _mean_std([v for r in members if (v := _test(r, "best", False)) is not None]),

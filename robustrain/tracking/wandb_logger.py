@@ -245,7 +245,8 @@ class WandbLogger(Callback):
             return
         import wandb
 
-        self.run.log({"events": wandb.Table(columns=EVENT_COLUMNS, data=self.events)}, step=max(trainer.step, self.run.step))
+        table = wandb.Table(columns=EVENT_COLUMNS, data=self.events)
+        self.run.log({"events": table}, step=max(trainer.step, self.run.step))
         self.run.summary["n_events"] = len(self.events)
         best = [h for h in trainer.history if isinstance(h.get("val_robust_acc"), float)]
         if best:
@@ -272,7 +273,10 @@ class WandbLogger(Callback):
             path = self.run_dir / f"{which}.pt"
             if not path.exists():
                 continue
-            meta = {"epoch": ckpt.best_epoch, ckpt.monitor: ckpt.best} if which == "best" and ckpt else {"epoch": trainer.epoch}
+            if which == "best" and ckpt is not None:
+                meta = {"epoch": ckpt.best_epoch, ckpt.monitor: ckpt.best}
+            else:
+                meta = {"epoch": trainer.epoch}
             art = wandb.Artifact(f"model-{self.run.id}", type="model", metadata=meta)
             art.add_file(str(path), name=path.name)
             self.run.log_artifact(art, aliases=[which])
