@@ -7,6 +7,9 @@ are on). The decisions are the pure rules of :mod:`.overfitting`. Actions: ``war
 ``stop`` (end training; the validation-best checkpoint is kept by the checkpointer), ``rollback`` (restore
 the weights and optimiser state of the last healthy check, apply a remedy, continue; after
 ``max_rollbacks`` it stops).
+
+In a distributed run (torchrun) rank 0 measures each check and decides; the check and the decision are broadcast and
+every rank carries the action out (stop, or the same rollback and remedy), so the ranks stay alike.
 """
 from __future__ import annotations
 
