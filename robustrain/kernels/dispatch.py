@@ -144,18 +144,23 @@ def ascent_step(threat: ThreatModel, delta: Tensor, grad: Tensor, x: Tensor, ste
 
 def random_start(threat: ThreatModel, x: Tensor, generator: torch.Generator | None = None, scale: float = 1.0, *,
                  backend: str | None = "auto") -> Tensor:
-    """``threat.random_init(x, generator, scale)``; fused (Philox from a seed of ``generator``) for L∞."""
+    """``threat.random_init(x, generator, scale)``; fused (Philox from a seed of ``generator``) for L∞ and L2."""
     if choose(f"the random start of {type(threat).__name__}", x, backend=backend,
-              fused_exists=type(threat) is LinfBall) == "triton":
+              fused_exists=type(threat) in (LinfBall, L2Ball)) == "triton":
+        if type(threat) is L2Ball:
+            return _kernels().l2_random_start(x, scale * threat.eps, _seed(generator), uniform_in_ball=True)
         return _kernels().linf_random_start(x, scale * threat.eps, _seed(generator))
     return threat.random_init(x, generator, scale=scale)
 
 
 def pgd_start(threat: ThreatModel, x: Tensor, generator: torch.Generator | None = None, *,
               backend: str | None = "auto") -> Tensor:
-    """``threat.pgd_start(x, generator)``; fused for L∞ (where it is the uniform random start)."""
+    """``threat.pgd_start(x, generator)``; fused for L∞ (the uniform start) and L2 (Gaussian direction, radius
+    U(0, ε))."""
     if choose(f"the PGD start of {type(threat).__name__}", x, backend=backend,
-              fused_exists=type(threat) is LinfBall) == "triton":
+              fused_exists=type(threat) in (LinfBall, L2Ball)) == "triton":
+        if type(threat) is L2Ball:
+            return _kernels().l2_random_start(x, threat.eps, _seed(generator), uniform_in_ball=False)
         return _kernels().linf_random_start(x, threat.eps, _seed(generator))
     return threat.pgd_start(x, generator)
 

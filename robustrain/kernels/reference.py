@@ -157,6 +157,30 @@ def linf_random_start(x: Tensor, radius: float, seed: int) -> Tensor:
     return uniform_start(x, u, radius)
 
 
+def philox_normal(seed: int, n: int, device: torch.device | str = "cpu") -> Tensor:
+    """``n`` fp32 standard normals as ``tl.randn(seed, i)``: Box–Muller on words 0 and 1 of counter i,
+    ``sqrt(−2·log(max(u0, 1e-7)))·cos(2π·u1)``."""
+    w = philox_words(seed, n, device)
+    u0 = word_to_uniform(w[0]).clamp_min(1.0e-7)
+    u1 = word_to_uniform(w[1])
+    return (-2.0 * u0.log()).sqrt() * (6.283185307179586 * u1).cos()
+
+
+def l2_random_start(x: Tensor, radius: float, seed: int, uniform_in_ball: bool) -> Tensor:
+    """The fused L2 random start: a Gaussian direction (element i: ``tl.randn(seed, i)``) scaled to the
+    per-example radius ``radius·u`` (PGD's start, ``uniform_in_ball=False``) or ``radius·exp(log(u)/D)``
+    (= radius·u^(1/D), uniform in the ball), where u is word 2 of counter k·D for example k; then the box clip.
+    log/cos/exp are library functions whose last bit may differ between torch, numpy (the interpreter) and
+    the GPU, so the kernel matches this within a few ulp rather than bit for bit."""
+    b = x.shape[0]
+    d = x.numel() // b if b else 1
+    g = philox_normal(seed, x.numel(), x.device).view(x.shape)
+    u = philox_uniform(seed, b, 2, x.device, stride=d)
+    r = radius * ((u.log() * (1.0 / d)).exp() if uniform_in_ball else u)
+    n = g.flatten(1).norm(p=2, dim=1).clamp_min(TINY)
+    return _box(x.float(), g / _per_example(n, g) * _per_example(r, g))
+
+
 def linf_elle_triplets(x: Tensor, eps: float, seed: int, clip: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The fused L∞ ELLE triplet: element i uses words 0 and 1 of counter i for η_a and η_b
     (``u·2ε − ε``); example k uses word 2 of counter k·D (D elements per example) for a.

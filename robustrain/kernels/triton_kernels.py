@@ -1,8 +1,9 @@
 """The fused attack-step kernels in Triton (imported lazily by ``dispatch.py``; needs ``triton``).
 
 One pass over memory each where the operation is elementwise (L∞ step, L∞ random start, keep-best copy,
-ELLE triplets); the L2 step runs one program per example that reads the example three times (norm of the
-gradient, norm of the stepped point, the write), which the GPU's cache mostly serves. Arithmetic follows
+ELLE triplets); the per-example L2 kernels run tiles of whole examples (one CIFAR image per program, several
+small ones) and read each example two or three times (norms, then the write), which the GPU's cache mostly
+serves. Arithmetic follows
 ``reference.py`` operation by operation in fp32, and kernels are launched without fused multiply-add, so
 the results equal the reference bit for bit (the L2 norms sum in a different order: within a few ulp).
 
@@ -63,38 +64,40 @@ def _linf_step_kernel(delta_ptr, grad_ptr, x_ptr, out_ptr, n, step, eps, PROJECT
 
 
 @triton.jit
-def _l2_step_kernel(delta_ptr, grad_ptr, x_ptr, out_ptr, D, step, eps, tiny, PROJECT: tl.constexpr,
-                    BLOCK: tl.constexpr):
-    base = tl.program_id(0).to(tl.int64) * D
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
+def _l2_step_kernel(delta_ptr, grad_ptr, x_ptr, out_ptr, B, D, step, eps, tiny, PROJECT: tl.constexpr,
+                    ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    base = (rows.to(tl.int64) * D)[:, None]
+    rmask = (rows < B)[:, None]
+    acc = tl.zeros([ROWS, BLOCK], dtype=tl.float32)
     for start in range(0, D, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        g = tl.load(grad_ptr + base + offs, mask=offs < D, other=0.0).to(tl.float32)
+        cols = (start + tl.arange(0, BLOCK))[None, :]
+        g = tl.load(grad_ptr + base + cols, mask=rmask & (cols < D), other=0.0).to(tl.float32)
         acc += g * g
-    ng = tl.maximum(tl.sqrt(tl.sum(acc, axis=0)), tiny)
+    ng = tl.maximum(tl.sqrt(tl.sum(acc, axis=1)), tiny)[:, None]
     factor = 1.0
     if PROJECT:
-        acc2 = tl.zeros([BLOCK], dtype=tl.float32)
+        acc2 = tl.zeros([ROWS, BLOCK], dtype=tl.float32)
         for start in range(0, D, BLOCK):
-            offs = start + tl.arange(0, BLOCK)
-            m = offs < D
-            g = tl.load(grad_ptr + base + offs, mask=m, other=0.0).to(tl.float32)
-            d = tl.load(delta_ptr + base + offs, mask=m, other=0.0).to(tl.float32)
+            cols = (start + tl.arange(0, BLOCK))[None, :]
+            m = rmask & (cols < D)
+            g = tl.load(grad_ptr + base + cols, mask=m, other=0.0).to(tl.float32)
+            d = tl.load(delta_ptr + base + cols, mask=m, other=0.0).to(tl.float32)
             d = d + step * (g / ng)
             acc2 += tl.where(m, d * d, 0.0)
-        nd = tl.maximum(tl.sqrt(tl.sum(acc2, axis=0)), tiny)
+        nd = tl.maximum(tl.sqrt(tl.sum(acc2, axis=1)), tiny)[:, None]
         factor = tl.minimum(eps / nd, 1.0)
     for start in range(0, D, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        m = offs < D
-        g = tl.load(grad_ptr + base + offs, mask=m, other=0.0).to(tl.float32)
-        d = tl.load(delta_ptr + base + offs, mask=m, other=0.0).to(tl.float32)
-        x = tl.load(x_ptr + base + offs, mask=m, other=0.0).to(tl.float32)
+        cols = (start + tl.arange(0, BLOCK))[None, :]
+        m = rmask & (cols < D)
+        g = tl.load(grad_ptr + base + cols, mask=m, other=0.0).to(tl.float32)
+        d = tl.load(delta_ptr + base + cols, mask=m, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + base + cols, mask=m, other=0.0).to(tl.float32)
         d = d + step * (g / ng)
         if PROJECT:
             d = d * factor
         y = tl.minimum(tl.maximum(x + d, 0.0), 1.0)
-        tl.store(out_ptr + base + offs, y - x, mask=m)
+        tl.store(out_ptr + base + cols, y - x, mask=m)
 
 
 @triton.jit
@@ -106,6 +109,35 @@ def _linf_start_kernel(x_ptr, out_ptr, n, seed, two_r, r, BLOCK: tl.constexpr):
     d = u * two_r - r
     y = tl.minimum(tl.maximum(x + d, 0.0), 1.0)
     tl.store(out_ptr + offs, y - x, mask=m)
+
+
+@triton.jit
+def _l2_start_kernel(x_ptr, out_ptr, B, D, seed, radius, inv_d, tiny, UNIFORM_IN_BALL: tl.constexpr,
+                     ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    first = rows * D  # philox counter of each example's first element (32-bit)
+    base = (rows.to(tl.int64) * D)[:, None]
+    rmask = (rows < B)[:, None]
+    acc = tl.zeros([ROWS, BLOCK], dtype=tl.float32)
+    for start in range(0, D, BLOCK):
+        cols = (start + tl.arange(0, BLOCK))[None, :]
+        g = tl.randn(seed, first[:, None] + cols)
+        acc += tl.where(rmask & (cols < D), g * g, 0.0)
+    n = tl.maximum(tl.sqrt(tl.sum(acc, axis=1)), tiny)[:, None]
+    _, _, u, _ = tl.rand4x(seed, first)
+    if UNIFORM_IN_BALL:
+        r = radius * tl.exp(tl.log(u) * inv_d)
+    else:
+        r = radius * u
+    r = r[:, None]
+    for start in range(0, D, BLOCK):
+        cols = (start + tl.arange(0, BLOCK))[None, :]
+        m = rmask & (cols < D)
+        g = tl.randn(seed, first[:, None] + cols)
+        x = tl.load(x_ptr + base + cols, mask=m, other=0.0).to(tl.float32)
+        d = g / n * r
+        y = tl.minimum(tl.maximum(x + d, 0.0), 1.0)
+        tl.store(out_ptr + base + cols, y - x, mask=m)
 
 
 @triton.jit
@@ -159,14 +191,22 @@ def linf_step(delta: Tensor, grad: Tensor, x: Tensor, step: float, eps: float | 
     return out
 
 
+def _row_tiles(b: int, d: int) -> tuple[int, int, tuple[int]]:
+    """(ROWS, BLOCK, grid) of the per-example kernels: tiles of ROWS examples x BLOCK elements, at most 4096
+    elements, so small examples share a program (CIFAR's 3072 get one each)."""
+    block = min(max(triton.next_power_of_2(d), 16), 4096)
+    rows = max(1, min(4096 // block, triton.next_power_of_2(b)))
+    return rows, block, (triton.cdiv(b, rows),)
+
+
 def l2_step(delta: Tensor, grad: Tensor, x: Tensor, step: float, eps: float | None) -> Tensor:
     out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
     b = x.shape[0]
     if out.numel():
         d = out.numel() // b
-        block = min(max(triton.next_power_of_2(d), 16), 4096)
-        _l2_step_kernel[(b,)](_c(delta), _c(grad), _c(x), out, d, float(step), 0.0 if eps is None else float(eps),
-                              reference.TINY, PROJECT=eps is not None, BLOCK=block, **_launch_options())
+        rows, block, grid = _row_tiles(b, d)
+        _l2_step_kernel[grid](_c(delta), _c(grad), _c(x), out, b, d, float(step), 0.0 if eps is None else float(eps),
+                              reference.TINY, PROJECT=eps is not None, ROWS=rows, BLOCK=block, **_launch_options())
     return out
 
 
@@ -176,6 +216,17 @@ def linf_random_start(x: Tensor, radius: float, seed: int) -> Tensor:
     if n:
         _linf_start_kernel[_grid(n)](_c(x), out, n, int(seed), float(2 * radius), float(radius), BLOCK=BLOCK,
                                      **_launch_options())
+    return out
+
+
+def l2_random_start(x: Tensor, radius: float, seed: int, uniform_in_ball: bool) -> Tensor:
+    out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    b = x.shape[0]
+    if out.numel():
+        d = out.numel() // b
+        rows, block, grid = _row_tiles(b, d)
+        _l2_start_kernel[grid](_c(x), out, b, d, int(seed), float(radius), float(1.0 / d), reference.TINY,
+                               UNIFORM_IN_BALL=bool(uniform_in_ball), ROWS=rows, BLOCK=block, **_launch_options())
     return out
 
 
