@@ -3,7 +3,7 @@
 
 On a CUDA device (``--mode gpu``, the default when CUDA is available):
 
-1. Each kernel (L∞ step, L2 step, L∞ random start, keep-best copy, ELLE triplets) on a large batch: median
+1. Each kernel (L∞ step, L2 step, L∞ and L2 random start, keep-best copy, ELLE triplets) on a large batch: median
    time, achieved bandwidth = the bytes the operation must move (each input read once, each output written
    once) / time, against the GPU's peak (from a table by device name, and measured by a large device-to-device
    copy), and the speed-up against the eager reference chain (``reference.py``) and against
@@ -48,7 +48,7 @@ from robustrain import kernels  # noqa: E402
 from robustrain.attacks import PGD  # noqa: E402
 from robustrain.kernels import reference  # noqa: E402
 from robustrain.models import create_model  # noqa: E402
-from robustrain.threat import LinfBall  # noqa: E402
+from robustrain.threat import L2Ball, LinfBall  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EPS, PGD_STEP = 8 / 255, 2 / 255
@@ -230,7 +230,7 @@ def kernel_cases(x: torch.Tensor, grad: torch.Tensor, delta: torch.Tensor) -> di
     ex, eg = x.element_size(), grad.element_size()
     better = torch.rand(b, device=x.device) < 0.5
     best = delta.clone()
-    lin = LinfBall(EPS)
+    lin, l2 = LinfBall(EPS), L2Ball(0.5)
     return {
         "linf_step": (lambda: kernels.linf_step(delta, grad, x, PGD_STEP, EPS, backend="triton"),
                       reference.linf_step, (delta, grad, x, PGD_STEP, EPS), n * (4 + eg + ex + 4)),
@@ -238,6 +238,8 @@ def kernel_cases(x: torch.Tensor, grad: torch.Tensor, delta: torch.Tensor) -> di
                     reference.l2_step, (delta, grad, x, 0.1, 0.5), n * (4 + eg + ex + 4)),
         "linf_random_start": (lambda: kernels.random_start(lin, x, None, backend="triton"),
                               lambda x_: lin.random_init(x_), (x,), n * (ex + 4)),
+        "l2_pgd_start": (lambda: kernels.pgd_start(l2, x, None, backend="triton"),
+                         lambda x_: l2.pgd_start(x_), (x,), n * (ex + 4)),
         "keep_best": (lambda: _kernels_module().keep_best_copy(best, delta, better),
                       lambda d, bd, m: torch.where(m.view(-1, 1, 1, 1), d, bd), (delta, best, better),
                       int(better.sum()) * (n // b) * 8),
