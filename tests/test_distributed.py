@@ -56,7 +56,8 @@ def test_shards_of_every_batch_concatenate_to_the_single_process_batch():
         for i, (x, y) in enumerate(one.iterate(epoch)):
             shards = [next(iter(p.iterate(epoch, start_batch=i))) for p in parts]
             assert max(s[1].numel() for s in shards) - min(s[1].numel() for s in shards) <= 1
-            assert torch.equal(torch.cat([s[0] for s in shards]), x) and torch.equal(torch.cat([s[1] for s in shards]), y)
+            assert torch.equal(torch.cat([s[0] for s in shards]), x)
+            assert torch.equal(torch.cat([s[1] for s in shards]), y)
     first = [next(iter(one.iterate(e)))[1] for e in (0, 1)]
     assert not torch.equal(first[0], first[1])  # reshuffled every epoch
 
@@ -171,9 +172,9 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
         result["correct"] = {k: v.tolist() for k, v in res.correct.items()}
         # the overfitting monitor: rank 0 measures and decides (rollback, then give up), every rank acts alike
         mon = load_config(QUICK, [*EQUAL, "monitor.enabled=true", "monitor.every=3", "monitor.action=rollback",
-                                  "monitor.remedy={kind: lr, factor: 0.5}", "monitor.co_drop=-1", "monitor.co_stable=10",
-                                  "monitor.co_gap=null", "monitor.max_rollbacks=1", "monitor.n_check=64",
-                                  "monitor.pgd_steps=2", f"out_dir={tmp}"])
+                                  "monitor.remedy={kind: lr, factor: 0.5}", "monitor.co_drop=-1",
+                                  "monitor.co_stable=10", "monitor.co_gap=null", "monitor.max_rollbacks=1",
+                                  "monitor.n_check=64", "monitor.pgd_steps=2", f"out_dir={tmp}"])
         watched, _ = build_trainer(mon, tmp_path / "monitor", data)
         watched.fit()
         result["monitor"] = {"step": watched.step, "lr_scale": watched.lr_scale,

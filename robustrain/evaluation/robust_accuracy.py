@@ -78,7 +78,8 @@ def evaluate(
                 break
             if info.enabled:
                 n = x.shape[0]
-                shard_sizes.append([b - a for a, b in (shard_bounds(n, r, info.world_size) for r in range(info.world_size))])
+                bounds = [shard_bounds(n, r, info.world_size) for r in range(info.world_size)]
+                shard_sizes.append([b - a for a, b in bounds])
                 lo, hi = shard_bounds(n, info.rank, info.world_size)
                 x, y = x[lo:hi], y[lo:hi]
                 if x.shape[0] == 0:

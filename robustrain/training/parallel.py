@@ -34,7 +34,8 @@ def training_module(model: nn.Module, info: DistInfo, *, compile: bool = False) 
     module = model
     if info.enabled:
         device = next(model.parameters()).device
-        module = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        ids = [device.index] if device.type == "cuda" else None
+        module = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if compile:
         module = CompiledModule(module)
     return module

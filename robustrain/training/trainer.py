@@ -219,7 +219,7 @@ class Trainer:
                 loss = loss + t_out["loss"]
                 for k, v in t_out.items():
                     logs[f"{term.name}/{k}"] = float(v.detach()) if torch.is_tensor(v) else float(v)
-            synced = sync_step(ctx, loss, logs, self.loss_terms, term_outs, self.dist)  # all ranks see the global batch's values
+            synced = sync_step(ctx, loss, logs, self.loss_terms, term_outs, self.dist)  # ranks see global values
             logs = synced.logs
             if not synced.finite:
                 raise NonFiniteLossError(
