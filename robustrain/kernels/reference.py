@@ -16,8 +16,9 @@ generator bit for bit with 64-bit integer tensor operations:
 * the word, read as int32 ``v``, becomes ``float32(v if v >= 0 else ~v) * float32(4.6566127342e-10)``,
   a number in [0, 1).
 
-So the fused path and the eager path draw different (equally uniform) numbers for the same generator;
-each is reproducible, and the fused path equals :func:`linf_random_start` / :func:`linf_elle_triplets`.
+So the fused path and the eager path draw different (equally distributed) numbers for the same generator;
+each is reproducible, and the fused path equals :func:`linf_random_start` / :func:`linf_elle_triplets` bit for
+bit and :func:`l2_random_start` within a few ulp (it uses log, cos and exp).
 """
 from __future__ import annotations
 
