@@ -123,3 +123,14 @@ def test_cli_train_then_eval(tmp_path, capsys):
     assert 0 <= report["pgd-3-1_acc"] <= report["clean_acc"] <= 100
     assert main(["eval", str(run), "--eps", "8"]) == 2
     assert "8/255" in capsys.readouterr().err
+
+
+def test_tables_with_no_rows_still_have_a_header():
+    """A run stopped before its first checkpoint has no test rows; its summary table must not crash."""
+    from robustrain.tables import format_table
+
+    text = format_table([], ["checkpoint", "clean_acc"])
+    assert text.splitlines()[0] == "| checkpoint | clean_acc |"
+    assert len(text.splitlines()) == 2
+    rows = format_table([{"checkpoint": "best", "clean_acc": 97.5}], ["checkpoint", "clean_acc"]).splitlines()
+    assert rows[2] == "| best       | 97.5      |"
