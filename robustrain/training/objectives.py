@@ -52,31 +52,39 @@ class CrossEntropy:
         return {"loss": per.mean(), "per_example": per}
 
 
-class TRADES:
-    """TRADES: ``CE(f(x), y) + β·(1/B)·Σ_i KL(p(x_i) ‖ p(x_adv,i))`` (official ``trades.py``, β = 6).
+class _CleanAndAdversarial:
+    """What TRADES and MART share: a weight β ≥ 0 on the KL term, and two forwards, clean and adversarial, as in
+    the official codes (BatchNorm in train mode normalises each batch with its own statistics); gradients flow
+    through both predictions."""
 
-    The clean and adversarial batches go through the model in two forwards, as in the official code (BatchNorm
-    in train mode normalises each with its own statistics); gradients flow through both predictions.
-    """
-
-    name = "trades"
+    name = "clean_and_adversarial"
 
     def __init__(self, *, beta: float = 6.0):
         if not float(beta) >= 0:
-            raise ConfigError(f"trades: beta must be >= 0 (6 in the paper), got {beta}.")
+            raise ConfigError(f"{self.name}: beta must be >= 0 (6 in the paper), got {beta}.")
         self.beta = float(beta)
 
-    def __call__(self, ctx: StepContext) -> dict[str, Any]:
+    def forwards(self, ctx: StepContext) -> tuple[Tensor, Tensor]:
+        """(clean logits, adversarial logits), fp32; sets ``ctx.logits_adv``."""
         logits_clean = _forward(ctx, ctx.x)
-        logits_adv = _forward(ctx, ctx.result.x_adv)
-        ctx.logits_adv = logits_adv
+        ctx.logits_adv = _forward(ctx, ctx.result.x_adv)
+        return logits_clean, ctx.logits_adv
+
+
+class TRADES(_CleanAndAdversarial):
+    """TRADES: ``CE(f(x), y) + β·(1/B)·Σ_i KL(p(x_i) ‖ p(x_adv,i))`` (official ``trades.py``, β = 6)."""
+
+    name = "trades"
+
+    def __call__(self, ctx: StepContext) -> dict[str, Any]:
+        logits_clean, logits_adv = self.forwards(ctx)
         ce = F.cross_entropy(logits_clean, ctx.y, reduction="none")
         kl = kl_per_example(logits_clean, logits_adv)
         per = ce + self.beta * kl
         return {"loss": per.mean(), "per_example": per, "ce": ce.mean().detach(), "kl": kl.mean().detach()}
 
 
-class MART:
+class MART(_CleanAndAdversarial):
     """MART: ``BCE(x_adv) + β·(1/B)·Σ_i KL(p(x_i) ‖ p(x_adv,i))·(1 − p_y(x_i))`` (official ``mart.py``, β = 6 for
     WRN-34-10, 5 for ResNet-18).
 
@@ -87,15 +95,8 @@ class MART:
 
     name = "mart"
 
-    def __init__(self, *, beta: float = 6.0):
-        if not float(beta) >= 0:
-            raise ConfigError(f"mart: beta must be >= 0 (6 for WRN-34-10, 5 for ResNet-18), got {beta}.")
-        self.beta = float(beta)
-
     def __call__(self, ctx: StepContext) -> dict[str, Any]:
-        logits_clean = _forward(ctx, ctx.x)
-        logits_adv = _forward(ctx, ctx.result.x_adv)
-        ctx.logits_adv = logits_adv
+        logits_clean, logits_adv = self.forwards(ctx)
         y = ctx.y
         p_adv = F.softmax(logits_adv, dim=1)
         others = p_adv.masked_fill(F.one_hot(y, p_adv.shape[1]).bool(), float("-inf"))
