@@ -44,12 +44,31 @@ def running_stats_frozen(model: nn.Module) -> Iterator[None]:
             m.track_running_stats = True
 
 
+def _without_gradient_sync(model: nn.Module) -> contextlib.AbstractContextManager:
+    """``DistributedDataParallel.no_sync()`` of ``model`` or of the module it wraps (the training module may be
+    DDP, or a compiled wrapper around it), else nothing: an ascent pass must not arm DDP's gradient reducer."""
+    for m in (model, getattr(model, "module", None)):
+        if isinstance(m, nn.parallel.DistributedDataParallel):
+            return m.no_sync()
+    return contextlib.nullcontext()
+
+
 def ascent_gradients(model: nn.Module, params: Sequence[nn.Parameter], loss_fn: Callable[[], Tensor]) -> list[Tensor]:
-    """Gradients of ``loss_fn()`` with respect to ``params`` (zeros for unused ones), running statistics frozen."""
-    with running_stats_frozen(model):
+    """Gradients of ``loss_fn()`` with respect to ``params`` (zeros for unused ones), running statistics frozen.
+
+    In a process group the gradients are averaged over the ranks, so every rank perturbs its weights alike (the
+    direction of the global batch, as the official single-process codes compute it)."""
+    with running_stats_frozen(model), _without_gradient_sync(model):
         loss = loss_fn()
-    grads = torch.autograd.grad(loss, list(params), allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
+        grads = torch.autograd.grad(loss, list(params), allow_unused=True)
+    out = [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        world = torch.distributed.get_world_size()
+        if world > 1:
+            for g in out:
+                torch.distributed.all_reduce(g)
+                g.div_(world)
+    return out
 
 
 def layer_scaled(directions: Sequence[Tensor], params: Sequence[Tensor], scales: Sequence[float]) -> list[Tensor]:

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..threat import ThreatModel
 from ..training.hooks import StepContext
-from .base import Perturbation, ascent_gradients, layer_scaled, running_stats_frozen
+from .base import Perturbation, ascent_gradients, layer_scaled
 
 LAP_VARIANTS = ("fgsm", "fgsm_rs", "nfgsm")
 """V-LAP (zero start, step ε, projection), R-LAP (U[−ε, ε], 1.25ε, projection), N-LAP (U[−2ε, 2ε], ε, none):
@@ -131,11 +131,8 @@ class LAP(Perturbation):
         state = {p: {k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()} for p, s in opt.state.items()}
         try:
             trainable = [p for p in all_params if p.requires_grad]
-            with running_stats_frozen(ctx.model):
-                loss = self._start_loss(ctx)
-            g = torch.autograd.grad(loss, trainable, allow_unused=True)
-            for p, gp in zip(trainable, g):
-                p.grad = None if gp is None else gp.detach()
+            for p, gp in zip(trainable, ascent_gradients(ctx.model, trainable, lambda: self._start_loss(ctx))):
+                p.grad = gp
             opt.step()
             with torch.no_grad():
                 return [p.detach() - w0 for p, w0 in zip(params, (weights[i] for i in _indices(all_params, params)))]
