@@ -89,9 +89,12 @@ def markdown(runs: dict[str, Run], title: str, command: str, commit: str) -> str
                 continue
             test = (f", test gap {g['test_gap']:+.1f} vs {bg['test_gap']:+.1f}"
                     if "test_gap" in g and "test_gap" in bg else "")
+            clean = run.epoch_series("val_clean_acc")[1]
+            learned = "" if clean[-1] >= 0.15 else (f" — **ended at chance** (validation clean accuracy "
+                                                    f"{pct(clean[-1])} % at the last epoch): its gap means nothing")
             lines.append(f"- {name}: validation gap {g['gap']:+.1f} vs {bg['gap']:+.1f}{test}; best validation PGD "
                          f"{g['best']:.1f} vs {bg['best']:.1f}, reached at epoch {g['best_epoch']} vs "
-                         f"{bg['best_epoch']}; last {g['last']:.1f} vs {bg['last']:.1f}")
+                         f"{bg['best_epoch']}; last {g['last']:.1f} vs {bg['last']:.1f}{learned}")
     lines += ["", "## Per epoch: val clean / val PGD / train attack acc (%)", ""]
     n = max(len(r.epochs) for r in runs.values())
     lines.append("| epoch | " + " | ".join(runs) + " |")
