@@ -118,6 +118,10 @@ def test_objective_options_are_checked():
         load_config(QUICK, ["objective={name: trades}", "train.label_smoothing=0.1"])
     with pytest.raises(ConfigError, match="loss must be kl"):
         build_attack("trades", THREAT, loss="ce2")
+    with pytest.raises(ConfigError, match="did you mean 'weight_perturbation.c_min'"):
+        load_config(QUICK, ["weight_perturbation={name: rwp, cmin: 1.7}"])
+    with pytest.raises(ConfigError, match="must be a mapping with a 'name'"):
+        load_config(QUICK, ["weight_perturbation.gamma=0.01"])
 
 
 # -- the TRADES attack ---------------------------------------------------------------------------------------
@@ -166,14 +170,19 @@ def test_trades_recipe_has_the_paper_settings():
     assert cfg.optim.weight_decay == pytest.approx(2e-4) and cfg.train.epochs == 76 and cfg.schedule.milestones == [75]
 
 
-def test_trades_awp_training_on_digits_learns(tmp_path):
+@pytest.mark.parametrize("objective, loss, perturbation", [
+    ("trades", "kl", "{name: awp, gamma: 0.005, warmup_epochs: 1}"),  # TRADES-AWP
+    ("mart", "ce", "{name: rwp, gamma: 0.01, c_min: 2.0, steps: 2}"),  # MART with RWP on its per-example loss
+])
+def test_objective_with_weight_perturbation_trains_on_digits(tmp_path, objective, loss, perturbation):
     cfg = load_config(QUICK, [
         "train.progress=false", "validation.attack={name: pgd, steps: 3, restarts: 1}", "data.batch_size=64",
         "data.val_size=200", "train.epochs=4", "wandb.mode=disabled", f"out_dir={tmp_path}",
-        "attack={name: trades, loss: kl, steps: 3, bn_mode: eval}", "objective={name: trades, beta: 6}",
-        "weight_perturbation={name: awp, gamma: 0.005, warmup_epochs: 1}",
+        f"attack={{name: trades, loss: {loss}, steps: 3, bn_mode: eval}}", f"objective={{name: {objective}, beta: 6}}",
+        f"weight_perturbation={perturbation}",
     ])
     trainer, _ = build_trainer(cfg, tmp_path / "run")
-    assert isinstance(trainer.objective, TRADES) and trainer.weight_perturbation.gamma == 0.005
+    assert isinstance(trainer.objective, {"trades": TRADES, "mart": MART}[objective])
+    assert trainer.weight_perturbation.name == perturbation.split(",")[0].split()[-1]
     hist = trainer.fit()
     assert hist[-1]["val_clean_acc"] > 0.6 and hist[-1]["val_robust_acc"] > 0.3  # chance is 0.1
