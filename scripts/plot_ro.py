@@ -17,19 +17,12 @@ from pathlib import Path
 
 from robustrain.reporting import Run, load_run, pct
 from robustrain.reporting.plots import pyplot
+from robustrain.reporting.runs import weight_perturbation_label
 from robustrain.reporting.markdown import robust_key
 
 PANELS = [("val_clean_acc", "validation clean accuracy", "epoch"),
           ("val_robust_acc", "validation PGD-10 accuracy", "epoch"),
           ("train_adv_acc", "training-attack accuracy (train batches)", "epoch_mean")]
-
-
-def perturbation(cfg: dict) -> str:
-    wp = cfg.get("weight_perturbation")
-    if not wp:
-        return "none"
-    return wp["name"] + "(" + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                                        for k, v in wp.items() if k not in ("name", "modules", "params")) + ")"
 
 
 def gaps(run: Run) -> dict:
@@ -77,7 +70,7 @@ def markdown(runs: dict[str, Run], title: str, command: str, commit: str) -> str
         test = (f"{g['test_best']:.1f} / {g['test_last']:.1f} | {g['test_gap']:+.1f} | "
                 f"{g['test_clean_best']:.1f} / {g['test_clean_last']:.1f}") if "test_gap" in g else "– | – | –"
         val = (f"{g['best']:.1f} ({g['best_epoch']}) | {g['last']:.1f} | {g['gap']:+.1f}") if "gap" in g else "– | – | –"
-        lines.append(f"| {name} | {perturbation(run.config)} | {g['epochs']} | {val} | {test} | "
+        lines.append(f"| {name} | {weight_perturbation_label(run.config)} | {g['epochs']} | {val} | {test} | "
                      f"{run.summary.get('train_seconds', '– (unfinished)')} |")
     base_name, base = next(iter(runs.items()))
     bg = gaps(base)
@@ -120,7 +113,7 @@ def plot(runs: dict[str, Run], path: Path, title: str) -> None:
         for ax, (key, label, source) in zip(axes[0], PANELS):
             ys = run.epoch_means(key) if source == "epoch_mean" else run.epoch_series(key)[1]
             ax.plot(range(1, len(ys) + 1), [100 * v for v in ys], "-o", ms=2.5, color=colour,
-                    label=f"{name}: {perturbation(run.config)}")
+                    label=f"{name}: {weight_perturbation_label(run.config)}")
             ax.set_title(label, fontsize=10)
             ax.set_xlabel("epoch")
             ax.set_ylabel("accuracy (%)")

@@ -123,6 +123,15 @@ def load_runs(folders: list[str | Path]) -> list[Run]:
     return [load_run(p, label) for p, label in zip(paths, labels)]
 
 
+def weight_perturbation_label(cfg: dict) -> str:
+    """``awp(gamma=0.01)`` for a config's weight perturbation (its options but the parameter rule), or ``none``."""
+    wp = cfg.get("weight_perturbation")
+    if not wp:
+        return "none"
+    return wp["name"] + "(" + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                        for k, v in wp.items() if k not in ("name", "modules", "params")) + ")"
+
+
 def describe(cfg: dict) -> str:
     """The training composition in one line: attack with its options, then each regulariser."""
     a = cfg.get("attack") or {}
@@ -131,7 +140,13 @@ def describe(cfg: dict) -> str:
     regs = "; ".join(r["name"] + "(" + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                                                  for k, v in r.items() if k != "name") + ")"
                      for r in cfg.get("regularisers") or [])
-    return f"{attack}" + (f" + {regs}" if regs else "")
+    objective = cfg.get("objective") or {}
+    extra = [f"objective {objective['name']}" + "".join(f", {k}={v:g}" if isinstance(v, float) else f", {k}={v}"
+                                                         for k, v in objective.items() if k != "name")
+             ] if objective.get("name", "ce") != "ce" else []
+    if cfg.get("weight_perturbation"):
+        extra.append(weight_perturbation_label(cfg))
+    return f"{attack}" + (f" + {regs}" if regs else "") + "".join(f" + {e}" for e in extra)
 
 
 def pct(v: float | None) -> str:
