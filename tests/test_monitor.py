@@ -1,6 +1,7 @@
 """The overfitting monitor: its decision rules on scripted histories, and its actions on a real run."""
 from __future__ import annotations
 
+import copy
 import json
 import random
 from pathlib import Path
@@ -164,6 +165,29 @@ def test_rollback_restores_the_healthy_weights_and_applies_the_remedy(tmp_path):
     for k, v in saved.items():
         assert torch.equal(weights_after_rollback[k], v), k
     assert [c.pgd for c in mon.checks][:3] == [0.4, 0.45, 0.4]  # the collapsed check was dropped
+
+
+def test_rollback_does_not_tie_the_optimizer_to_the_snapshot(tmp_path):
+    """Optimizer.load_state_dict keeps the tensors it is given: training after a rollback must not write into
+    the snapshot's momentum buffers, or a second rollback to the same snapshot restores a mutated state."""
+    trainer, mon = tiny_trainer(tmp_path, "train.epochs=1", "monitor.action=rollback",
+                                "monitor.remedy={kind: lr, factor: 0.5}")
+    data = list(trainer.train_loader.iterate(0))
+    for x, y in data[:2]:
+        trainer.train_step(x, y)
+        trainer.step += 1
+    mon._take_snapshot(trainer)
+    frozen = copy.deepcopy(mon.snapshot["optimizer"]["state"])
+    assert frozen and all("momentum_buffer" in s for s in frozen.values())
+    mon._rollback(trainer)
+    for x, y in data[2:4]:
+        trainer.train_step(x, y)
+        trainer.step += 1
+    for k, s in mon.snapshot["optimizer"]["state"].items():
+        assert torch.equal(s["momentum_buffer"], frozen[k]["momentum_buffer"]), k
+    mon._rollback(trainer)  # the second rollback restores the snapshot's momentum, not the trained one
+    for k, s in trainer.optimizer.state_dict()["state"].items():
+        assert torch.equal(s["momentum_buffer"], frozen[k]["momentum_buffer"]), k
 
 
 def test_rollback_limit_then_gives_up_and_stops(tmp_path):

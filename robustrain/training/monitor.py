@@ -217,10 +217,11 @@ class OverfitMonitor(Callback):
             return
         snap = self.snapshot
         trainer.model.load_state_dict(snap["model"])
-        trainer.optimizer.load_state_dict(snap["optimizer"])
+        # a copy: Optimizer.load_state_dict keeps the given tensors, and later steps update them in place
+        trainer.optimizer.load_state_dict(copy.deepcopy(snap["optimizer"]))
         for term in trainer.loss_terms:
             if term.name in snap["loss_terms"]:
-                term.load_state_dict(snap["loss_terms"][term.name])
+                term.load_state_dict(copy.deepcopy(snap["loss_terms"][term.name]))
         del self.checks[snap["n_checks"]:]
         self.rollbacks += 1
         self.applied.append(dict(self.remedy))
