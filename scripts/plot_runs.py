@@ -18,6 +18,7 @@ from robustrain.reporting import Run, describe, load_run, pct, plot_epoch_panels
 PANELS = [("val_clean_acc", "validation clean accuracy", "epoch"),
           ("val_robust_acc", "validation PGD accuracy (full ε)", "epoch"),
           ("train_adv_acc", "training-attack accuracy (train batches)", "epoch_mean")]
+VAL_FGSM_PANEL = ("val_fgsm_acc", "validation FGSM accuracy (zero init, step ε)", "epoch")
 
 
 def fgsm_last(run: Run) -> dict | None:
@@ -28,6 +29,7 @@ def markdown(runs: dict[str, Run], title: str, command: str) -> str:
     first = next(iter(runs.values())).config
     val = first["validation"]["attack"]
     ev = first["eval"]["attack"]
+    test_pgd = f"PGD-{ev.get('steps')}-{ev.get('restarts', 1)}"
     lines = [
         f"# {title}", "",
         f"- command: `{command}`",
@@ -45,7 +47,7 @@ def markdown(runs: dict[str, Run], title: str, command: str) -> str:
         "steps; during the ε warm-up it is measured at the reduced radius", "",
         "## Final accuracy (%)", "",
         "| method | training composition | val clean (last ep) | val PGD (last ep) | best val PGD (epoch) | "
-        "test clean (last) | test PGD-50-10 (last) | test FGSM (last) | test PGD-50-10 (best) | train s |",
+        f"test clean (last) | test {test_pgd} (last) | test FGSM (last) | test {test_pgd} (best) | train s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, run in runs.items():
@@ -89,6 +91,8 @@ def main() -> None:
     p.add_argument("--out", required=True, help="output path without suffix (writes .md and .png)")
     p.add_argument("--title", default="Clean and PGD accuracy per epoch")
     p.add_argument("--command", default="", help="the command that produced the runs, for the table")
+    p.add_argument("--val-fgsm", action="store_true",
+                   help="add a panel with the validation FGSM accuracy (zero-init, step ε): above PGD it flags CO")
     args = p.parse_args()
     root = Path(args.root)
     names = args.methods or sorted(d.name for d in root.iterdir() if (d / "metrics.jsonl").exists())
@@ -99,7 +103,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     (out.with_suffix(".md")).write_text(markdown(runs, args.title, args.command or "(not given)")
                                         + f"\n![plot]({out.with_suffix('.png').name})\n")
-    plot_epoch_panels(list(runs.values()), out.with_suffix(".png"), args.title, PANELS, mark_events=False,
+    panels = PANELS[:2] + [VAL_FGSM_PANEL] + PANELS[2:] if args.val_fgsm else PANELS
+    plot_epoch_panels(list(runs.values()), out.with_suffix(".png"), args.title, panels, mark_events=False,
                       dashed_without_regulariser=True, width=5.0)
     print(f"written: {out.with_suffix('.md')}, {out.with_suffix('.png')}")
 
