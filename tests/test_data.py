@@ -42,7 +42,7 @@ def cifar10_bin_root(request: pytest.FixtureRequest, tmp_path_factory: pytest.Te
     the script re-verifies every byte of files already there)."""
     if not GET_CIFAR10.is_file() or shutil.which("npm") is None:
         pytest.skip("get_cifar10.py or npm not available")
-    cache = request.config.cache
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
     root = cache.mkdir("robustrain_cifar10") if cache is not None else tmp_path_factory.mktemp("cifar10")
     subprocess.run([sys.executable, str(GET_CIFAR10), str(root)], check=True, capture_output=True)
     return Path(root)
