@@ -26,6 +26,7 @@ from .regularisers import build_regulariser
 from .threat import ThreatModel, make_threat
 from .training import Checkpointer, JSONLLogger, LRSchedule, ProgressBar, Trainer
 from .training.monitor import OverfitMonitor
+from .training.checkpoint import remove_stale_temporaries
 from .perturbation import build_weight_perturbation
 from .training.objectives import build_objective
 from .training.overfitting import COThresholds, ROThresholds
@@ -229,6 +230,10 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
         (run_dir / "config.yaml").write_text(dump_yaml(cfg))
         env_path = run_dir / ("environment.json" if not resume else f"environment.resume-{int(time.time())}.json")
         env_path.write_text(json.dumps({**environment(), "world_size": current().world_size}, indent=2))
+        if resume:
+            for tmp in remove_stale_temporaries(run_dir):
+                print(f"[robustrain] removed {tmp.name}, a checkpoint half-written when the run was killed "
+                      "(the complete checkpoints are intact)")
     barrier()
 
 

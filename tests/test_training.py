@@ -238,3 +238,18 @@ def test_bf16_autocast_keeps_the_perturbation_fp32(tmp_path):
     assert res.logits_init.dtype == torch.bfloat16
     logs = trainer.train_step(x, y)
     assert all(v == v for v in logs.values())  # finite, no NaN
+
+
+def test_resume_removes_what_a_killed_save_left_half_written(tmp_path):
+    """A kill inside save_atomic leaves a temporary beside the intact checkpoints; resuming deletes it and
+    nothing else."""
+    from robustrain.training.checkpoint import remove_stale_temporaries, save_atomic
+
+    save_atomic({"model": {"w": torch.ones(2)}}, tmp_path / "last.pt")
+    stale = tmp_path / ".last.pt.x1y2z3.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    other = tmp_path / "notes.tmp"
+    other.write_text("not ours")
+    assert remove_stale_temporaries(tmp_path) == [stale]
+    assert not stale.exists() and other.exists() and (tmp_path / "last.pt").exists()
+    assert remove_stale_temporaries(tmp_path) == []

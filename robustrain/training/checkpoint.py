@@ -34,6 +34,17 @@ def save_atomic(obj: Any, path: str | Path) -> None:
         raise
 
 
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the half-written ``.NAME.pt.*.tmp`` files a killed :func:`save_atomic` left in ``folder`` (the
+    checkpoints themselves are never half-written); returns what was removed. Call it only when no other process
+    writes checkpoints into ``folder`` (e.g. when resuming the run)."""
+    removed = []
+    for tmp in sorted(Path(folder).glob(".*.pt.*.tmp")):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load a robustrain checkpoint with ``weights_only=True``; a missing or damaged file says so."""
     path = Path(path)
