@@ -6,7 +6,7 @@
 # held-out images each epoch, test PGD-10 on 500 test images. Runs go to runs/co_cifar/<method> (metrics.jsonl
 # has the per-epoch val_clean_acc / val_robust_acc / val_fgsm_acc), the table and the plot to results/co_cifar10.*.
 #
-#   scripts/reproduce_co_cifar.sh [METHOD ...]     # default: fgsm fgsm_rs nfgsm elle_a gradalign gradalign_lam0.5
+#   scripts/reproduce_co_cifar.sh [METHOD ...]     # default: fgsm fgsm_rs nfgsm elle elle_a gradalign gradalign_lam0.5 aaer_rs_lam2_0
 #   CIFAR_ROOT=data/cifar10 THREADS=1 scripts/reproduce_co_cifar.sh fgsm elle
 #
 # One training at a time, under nice. Measured on 2 shared CPU cores (load 3–6): 3.5 min (FGSM, FGSM-RS) to
@@ -21,7 +21,7 @@ EPOCHS=${EPOCHS:-6}
 export OMP_NUM_THREADS=${THREADS:-1}
 METHODS=("$@")
 if [ ${#METHODS[@]} -eq 0 ]; then
-  METHODS=(fgsm fgsm_rs nfgsm elle_a gradalign gradalign_lam0.5)
+  METHODS=(fgsm fgsm_rs nfgsm elle elle_a gradalign gradalign_lam0.5 aaer_rs_lam2_0)
 fi
 COMMON=(--set "data.root=$CIFAR_ROOT" --set data.train_subset=8000 --set data.val_size=256 --set data.batch_size=64
   --set "model.kwargs={width: 8}" --set optim.lr=0.1 --set schedule.name=cyclic --set schedule.peak=0.5
@@ -38,6 +38,7 @@ recipe() {  # method -> config file and its own overrides
     gradalign) echo "configs/cifar10_gradalign_eps16.yaml" ;;
     aaer)      echo "configs/cifar10_aaer_n_eps16.yaml" ;;
     aaer_rs)   echo "configs/cifar10_aaer_rs_eps16.yaml" ;;
+    aaer_rs_lam2_0) echo "configs/cifar10_aaer_rs_eps16.yaml --set regularisers=[{\"name\":\"aaer\",\"variant\":\"rs\",\"lam1\":1.0,\"lam2\":0.0,\"lam3\":3.25}]" ;;
     gradalign_lam0.5) echo "configs/cifar10_gradalign_eps16.yaml --set regularisers=[{\"name\":\"gradalign\",\"lam\":0.5}]" ;;
     convergesmooth) echo "configs/cifar10_convergesmooth_eps16.yaml" ;;
     *) echo "unknown method $1" >&2; exit 2 ;;
