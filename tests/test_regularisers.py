@@ -273,7 +273,8 @@ def test_gradalign_excludes_zero_gradients(batch):
 
 
 # -- AAER ------------------------------------------------------------------------------------------------
-def test_aaer_selects_abnormal_examples_and_matches_the_formula():
+@pytest.mark.parametrize("drop_gradient", [False, True], ids=["official_code", "formula_gradient"])
+def test_aaer_selects_abnormal_examples_and_matches_the_formula(drop_gradient):
     y = torch.tensor([0, 1, 2, 0])
     z_adv = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [1.0, 1.0, 0.0], [-0.5, 2.0, 0.5]], requires_grad=True)
     l_adv = F.cross_entropy(z_adv.detach(), y, reduction="none")
@@ -282,7 +283,7 @@ def test_aaer_selects_abnormal_examples_and_matches_the_formula():
     x = torch.zeros(4, 1, 8, 8)
     result = AttackResult(x_adv=x, delta=x, x_init=x, logits_init=z_init, loss_init=l_adv + change)
     ctx = StepContext(torch.nn.Identity(), x, y, result, 0, 0, gen_at(0), contextlib.nullcontext, logits_adv=z_adv)
-    out = AAER(THREAT, lam1=1.5, lam2=2.5, lam3=1.5)(ctx)
+    out = AAER(THREAT, lam1=1.5, lam2=2.5, lam3=1.5, drop_gradient=drop_gradient)(ctx)
     v_a = (1.0 ** 2 + 2.0 ** 2) / 2  # ‖z_init − z_adv‖² of examples 0 and 2
     v_n = (0.1 ** 2 + 0.2 ** 2) / 2
     expected = 1.5 * (2 / 4) * (2.5 * (0.5 + 0.3) / 2 + 1.5 * (v_a - v_n))
@@ -292,10 +293,12 @@ def test_aaer_selects_abnormal_examples_and_matches_the_formula():
     out["loss"].backward()
     # gradients only through the abnormal examples' ℓ_adv and z_adv: V_N is a stop-gradient
     assert z_adv.grad[[1, 3]].abs().sum() == 0 and z_adv.grad[[0, 2]].abs().sum() > 0
-    # by hand for example 0: ∂/∂z of 1.5·(1/2)·[2.5·(−ℓ_adv)/2 + 1.5·‖z_init − z‖²/2]
+    # by hand for example 0: ∂/∂z of 1.5·(1/2)·[2.5·(−ℓ_adv)/2 + 1.5·‖z_init − z‖²/2]; the official code's λ2 term
+    # is a constant (both losses detached), so only the variation part has a gradient there
     p0 = torch.softmax(z_adv.detach()[0], 0)
     dce = p0 - F.one_hot(y[0], 3).float()
-    by_hand = 1.5 * 0.5 * (2.5 * (-dce) / 2 + 1.5 * (-2 * (z_init[0] - z_adv.detach()[0])) / 2)
+    ce_part = 2.5 * (-dce) / 2 if drop_gradient else torch.zeros(3)
+    by_hand = 1.5 * 0.5 * (ce_part + 1.5 * (-2 * (z_init[0] - z_adv.detach()[0])) / 2)
     assert torch.allclose(z_adv.grad[0], by_hand, atol=1e-6)
 
 

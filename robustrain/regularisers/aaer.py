@@ -9,7 +9,15 @@ A = {i : ℓ_i^init > ℓ_i^adv} (abnormal adversarial examples, AAEs) and N its
 
 ℓ^init and z^init come from the attack's own forward at its start point (``AttackResult.loss_init`` /
 ``logits_init``, detached) and ℓ^adv, z^adv from the objective's forward (``ctx.logits_adv``): no extra pass.
-Gradients flow only through ℓ^adv and z^adv. ℓ is plain cross-entropy, as in the official code.
+ℓ is plain cross-entropy, as in the official code.
+
+Gradients. The official code builds the λ2 term from ``loss.detach()`` (``loss_after``) and the detached
+``loss_before``: the term adds a constant to the loss value and **no gradient**; only the λ3 term trains (through
+z^adv, with V_N a stop-gradient). That is the default here (``drop_gradient: false``), and the published λ2 values
+were tuned with it. ``drop_gradient: true`` instead differentiates the λ2 term through ℓ^adv, as the formula read
+literally (and ``docs/methods.md`` §5.2) has it: the net coefficient of ∇ℓ_i^adv of an AAE becomes
+(1 − λ1·λ2)/B, gradient *ascent* on the AAEs for every published λ2 > 1; at CIFAR-10 ε = 16/255 (λ2 = 7 / 8.5) that
+diverged to a non-finite loss within two epochs (``results/co_cifar10.md``).
 """
 from __future__ import annotations
 
@@ -50,6 +58,8 @@ class AAER(LossTerm):
         lam1: λ1 (1.0).
         lam2: λ2, weight of the AAEs' loss drop; default from the paper's CIFAR-10 table.
         lam3: λ3, weight of the logit-variation gap; default from the table.
+        drop_gradient: differentiate the λ2 term through ℓ^adv (the formula read literally) instead of the official
+            code's constant λ2 term (default false; see the module docstring).
 
     Logs every step: ``count`` (|A|), ``rate`` (|A|/B), ``loss_drop`` (mean_A(ℓ^init − ℓ^adv)) and ``var_gap``
     (V_A − V_N); the last two are 0 when A or N is empty.
@@ -58,7 +68,7 @@ class AAER(LossTerm):
     name = "aaer"
 
     def __init__(self, threat: ThreatModel, *, variant: str = "rs", lam1: float = 1.0, lam2: float | None = None,
-                 lam3: float | None = None):
+                 lam3: float | None = None, drop_gradient: bool = False):
         if variant not in AAER_DEFAULTS:
             raise ConfigError(f"aaer: variant must be 'rs' (RS-AAER) or 'n' (N-AAER), got {variant!r}.")
         self.variant = variant
@@ -67,6 +77,7 @@ class AAER(LossTerm):
             lam2 = d2 if lam2 is None else lam2
             lam3 = d3 if lam3 is None else lam3
         self.lam1, self.lam2, self.lam3 = float(lam1), float(lam2), float(lam3)
+        self.drop_gradient = bool(drop_gradient)
 
     def __call__(self, ctx: StepContext) -> dict[str, Any]:
         res = ctx.result
@@ -87,6 +98,8 @@ class AAER(LossTerm):
         v_a = variation[abnormal].mean()
         v_n = variation[~abnormal].mean().detach()
         drop = (loss_init[abnormal] - loss_adv[abnormal]).mean()
+        if not self.drop_gradient:
+            drop = drop.detach()  # the official code: loss_before and loss_after are both detached
         reg = self.lam1 * (n_a / b) * (self.lam2 * drop + self.lam3 * torch.relu(v_a - v_n))
         logs.update(loss_drop=drop.detach(), var_gap=(v_a - v_n).detach())
         return {"loss": reg, **logs}
