@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import statistics
@@ -41,7 +40,7 @@ from robustrain.threat import make_threat
 from robustrain.training import LRSchedule, Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_regularisers import CIFAR10_MEAN, CIFAR10_STD, load_batch  # noqa: E402  (the same batch rules)
+from bench_regularisers import CIFAR10_MEAN, CIFAR10_STD, load_batch, ratio_rows, write_report  # noqa: E402
 
 EPS = 8 / 255
 SPECS: dict[str, tuple[str, dict, tuple[str, dict] | None]] = {  # name → (base, attack, perturbation)
@@ -161,18 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         "| contender | base | median s/step | ratio (median of paired) | ratio range | ratio of fastest | target |",
         "|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        target = f"≤ {r['target']:.2f}× " + ("✓" if r["ratio_median"] <= r["target"] else "✗") if r["target"] else ""
-        lines.append(f"| {r['contender']} | {r['base']} | {r['median_s']:.3f} | {r['ratio_median']:.2f}× | "
-                     f"{r['ratio_min']:.2f}–{r['ratio_max']:.2f} | {r['ratio_of_fastest']:.2f}× | {target} |")
-    lines += ["", NOTES]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
-        args.out.with_suffix(".json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                             "times": times, "rows": rows}, indent=2))
+    write_report(args, lines + ratio_rows(rows, base_column=True) + ["", NOTES], times, rows)
 
 
 if __name__ == "__main__":

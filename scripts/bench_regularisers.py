@@ -172,11 +172,23 @@ def main(argv: list[str] | None = None) -> None:
         "| contender | median s/step | ratio (median of paired) | ratio range | ratio of fastest | target |",
         "|---|---|---|---|---|---|",
     ]
+    lines += ratio_rows(rows)
+    write_report(args, lines + ["", NOTES], times, rows)
+
+
+def ratio_rows(rows: list[dict], base_column: bool = False) -> list[str]:
+    """Markdown rows of the paired-ratio table (the contender's base in a column when ``base_column``)."""
+    out = []
     for r in rows:
         target = f"≤ {r['target']:.2f}× " + ("✓" if r["ratio_median"] <= r["target"] else "✗") if r["target"] else ""
-        lines.append(f"| {r['contender']} | {r['median_s']:.3f} | {r['ratio_median']:.2f}× | "
-                     f"{r['ratio_min']:.2f}–{r['ratio_max']:.2f} | {r['ratio_of_fastest']:.2f}× | {target} |")
-    lines += ["", NOTES]
+        base = f" {r['base']} |" if base_column else ""
+        out.append(f"| {r['contender']} |{base} {r['median_s']:.3f} | {r['ratio_median']:.2f}× | "
+                   f"{r['ratio_min']:.2f}–{r['ratio_max']:.2f} | {r['ratio_of_fastest']:.2f}× | {target} |")
+    return out
+
+
+def write_report(args: argparse.Namespace, lines: list[str], times: Any, rows: list[dict]) -> None:
+    """Print the markdown report; with ``--out`` also write it and the raw times (``.json`` beside it)."""
     report = "\n".join(lines) + "\n"
     print(report)
     if args.out:
