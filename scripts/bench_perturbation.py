@@ -40,7 +40,7 @@ from robustrain.threat import make_threat
 from robustrain.training import LRSchedule, Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_regularisers import CIFAR10_MEAN, CIFAR10_STD, load_batch, ratio_rows, write_report  # noqa: E402
+from bench_regularisers import CIFAR10_MEAN, CIFAR10_STD, load_batch, ratio_rows, step_benchmark_parser, write_report  # noqa: E402,E501
 
 EPS = 8 / 255
 SPECS: dict[str, tuple[str, dict, tuple[str, dict] | None]] = {  # name → (base, attack, perturbation)
@@ -67,19 +67,9 @@ backward ≈ 1F because they freeze the parameters): a PGD-10 AT step is 10 × 2
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--width", type=int, default=16, help="PreActResNet-18 width (64 in the papers)")
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=9, help="timed steps per contender")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps per contender before timing")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p = step_benchmark_parser(__doc__, warmup=1)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--data-root", type=Path, default=None,
-                   help="folder with cifar-10-batches-bin/ for a real batch (default: uniform random images)")
     p.add_argument("--only", nargs="*", choices=list(SPECS), help="contenders to run (their bases always run)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None, help="markdown report (a .json with the raw times beside it)")
     return p.parse_args(argv)
 
 

@@ -65,19 +65,24 @@ because the attack freezes the parameters): a plain FGSM step here is attack F +
 TARGETS = {"aaer": 1.05, "convergesmooth": 1.15, "convergesmooth_closed": 1.15, "elle": 2.5, "elle_a": 2.5}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def step_benchmark_parser(doc: str, *, warmup: int) -> argparse.ArgumentParser:
+    """The options every per-step cost benchmark shares (model size, repeats, threads, data, seed, output)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--width", type=int, default=16, help="PreActResNet-18 width (64 in the papers)")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--repeats", type=int, default=9, help="timed steps per contender")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per contender before timing")
+    p.add_argument("--warmup", type=int, default=warmup, help="untimed steps per contender before timing")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--data-root", type=Path, default=None,
                    help="folder with cifar-10-batches-bin/ for a real batch (default: uniform random images)")
-    p.add_argument("--only", nargs="*", help="contenders to run (fgsm is always run)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="markdown report (a .json with the raw times beside it)")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = step_benchmark_parser(__doc__, warmup=2)
+    p.add_argument("--only", nargs="*", help="contenders to run (fgsm is always run)")
     return p.parse_args(argv)
 
 
