@@ -39,6 +39,7 @@ from typing import Any, Callable
 import torch
 
 from robustrain.attacks import build_attack
+from robustrain.experiment import git_commit
 from robustrain.models import create_model
 from robustrain.regularisers import build_regulariser
 from robustrain.threat import make_threat
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     cmd = "python scripts/bench_regularisers.py " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = [
         "# Per-step cost of the regularisers relative to a plain FGSM step", "",
-        f"- command: `{cmd.strip()}`; commit: <filled by lead>",
+        f"- command: `{cmd.strip()}`; commit: {git_commit()}",
         f"- model: PreActResNet-18 width {args.width}, batch {args.batch}, "
         f"{'CIFAR-10 training images' if args.data_root else 'uniform random 3x32x32 images'}, L∞ ε = 8/255, "
         f"fp32, SGD; one `Trainer.train_step` per call (attack + objective + terms + backward + step)",

@@ -33,7 +33,8 @@ def markdown(runs: dict[str, Run], title: str, command: str) -> str:
     lines = [
         f"# {title}", "",
         f"- command: `{command}`",
-        f"- seed: {first['seed']} (every run); commit: <filled by lead>",
+        f"- seed: {first['seed']} (every run); commit(s) the runs were made at (summary.json): "
+        f"{', '.join(sorted({str(r.summary.get('git_commit'))[:12] for r in runs.values()}))}",
         f"- data: {first['data']['name']}, {first['data']['val_size']} held-out training images for validation; "
         f"model {first['model']['name']} {first['model'].get('kwargs') or ''}; threat {first['threat']['norm']} "
         f"ε = {first['threat']['eps']:.4g}",
