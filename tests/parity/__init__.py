@@ -1,0 +1,1 @@
+"""Official-recipe parity cases (issue 13): see harness.py."""
