@@ -5,12 +5,13 @@ from ..registry import build, keyword_arguments
 from ..threat import ThreatModel
 from .base import Attack, AttackResult, LossFn, attack_guard, cross_entropy
 from .fgsm import FGSM
+from .fgsm_mep import FGSMMEP
 from .fgsm_rs import FGSMRS
 from .nfgsm import NFGSM
 from .pgd import PGD
 from .trades import TRADESAttack, kl_from_clean
 
-ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (FGSM, FGSMRS, NFGSM, PGD, TRADESAttack)}
+ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (FGSM, FGSMMEP, FGSMRS, NFGSM, PGD, TRADESAttack)}
 
 
 def attack_arguments(cls: type[Attack]) -> list[str]:
@@ -25,6 +26,6 @@ def build_attack(name: str, threat: ThreatModel, **kwargs) -> Attack:
 
 
 __all__ = [
-    "ATTACKS", "Attack", "AttackResult", "FGSM", "FGSMRS", "LossFn", "NFGSM", "PGD", "TRADESAttack",
+    "ATTACKS", "Attack", "AttackResult", "FGSM", "FGSMMEP", "FGSMRS", "LossFn", "NFGSM", "PGD", "TRADESAttack",
     "attack_arguments", "attack_guard", "build_attack", "cross_entropy", "kl_from_clean",
 ]

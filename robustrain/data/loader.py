@@ -103,8 +103,10 @@ class BatchLoader:
     def __iter__(self) -> Iterator[Batch]:
         return self.iterate(0)
 
-    def iterate(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
-        """The batches ``start_batch, start_batch + 1, ...`` of epoch ``epoch``."""
+    def iterate(self, epoch: int, start_batch: int = 0, *, with_indices: bool = False) -> Iterator[Batch]:
+        """The batches ``start_batch, start_batch + 1, ...`` of epoch ``epoch``; with ``with_indices`` each batch is
+        ``(x, y, indices)``, the dataset indices (int64, on ``device``) of its examples (this rank's shard), for
+        attacks that keep per-example state (``fgsm_mep``)."""
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ConfigError(f"epoch must be a non-negative int; got {epoch!r}.")
         if isinstance(start_batch, bool) or not isinstance(start_batch, int) or not 0 <= start_batch <= len(self):
@@ -112,7 +114,7 @@ class BatchLoader:
                 f"start_batch must be an int in [0, {len(self)}] (this loader has {len(self)} batches "
                 f"per epoch); got {start_batch!r}."
             )
-        return self._batches(epoch, start_batch)
+        return self._batches(epoch, start_batch, with_indices)
 
     def order(self, epoch: int) -> torch.Tensor:
         """The example indices of epoch ``epoch`` in the order they are served (CPU, int64)."""
@@ -121,7 +123,7 @@ class BatchLoader:
             return torch.arange(n)
         return torch.randperm(n, generator=_generator("order", self.seed, epoch))
 
-    def _batches(self, epoch: int, start_batch: int) -> Iterator[Batch]:
+    def _batches(self, epoch: int, start_batch: int, with_indices: bool = False) -> Iterator[Batch]:
         order = self.order(epoch).to(self.device) if self.shuffle else None
         n, bs = len(self.dataset), self.batch_size
         for i in range(start_batch, len(self)):
@@ -133,6 +135,7 @@ class BatchLoader:
                 lo, hi = lo + a, lo + b
             if order is None:
                 x, y = self._images[lo:hi], self._labels[lo:hi].clone()  # never hand out a view
+                idx = torch.arange(lo, hi, device=self.device) if with_indices else None
             else:
                 idx = order[lo:hi]
                 x, y = self._images.index_select(0, idx), self._labels.index_select(0, idx)
@@ -144,7 +147,10 @@ class BatchLoader:
                     flip=self.augment == "crop_flip",
                     **({"rows": rows, "total": total} if rows is not None else {}),
                 )
-            yield x.float().div_(255.0), y
+            if with_indices:
+                yield x.float().div_(255.0), y, idx.clone()
+            else:
+                yield x.float().div_(255.0), y
 
     def __repr__(self) -> str:
         return (

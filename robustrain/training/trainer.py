@@ -166,8 +166,11 @@ class Trainer:
     def _train_epoch(self) -> None:
         self._call("on_epoch_start", self.epoch)
         self.model.train()
-        for x, y in self.train_loader.iterate(self.epoch, start_batch=self.batch_in_epoch):
-            logs = self.train_step(x, y)
+        wants_indices = getattr(self.attack, "needs_indices", False)  # attacks with per-example state (fgsm_mep)
+        batches = self.train_loader.iterate(self.epoch, start_batch=self.batch_in_epoch,
+                                            **({"with_indices": True} if wants_indices else {}))
+        for x, y, *indices in batches:
+            logs = self.train_step(x, y, indices=indices[0] if indices else None)
             self.step += 1
             self.batch_in_epoch += 1
             self._call("on_batch_end", logs)
@@ -189,8 +192,11 @@ class Trainer:
         self.history.append(metrics)
         return metrics
 
-    def train_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
-        """One step: attack, objective and terms (inside the weight perturbation), backward, update."""
+    def train_step(self, x: Tensor, y: Tensor, indices: Tensor | None = None) -> dict[str, float]:
+        """One step: attack, objective and terms (inside the weight perturbation), backward, update.
+
+        ``indices``: the dataset indices of the batch's examples, passed on (with the epoch and the training set's
+        size) to an attack that keeps per-example state (``needs_indices``, e.g. ``fgsm_mep``)."""
         t0 = time.perf_counter()
         lr = self.schedule(self.step) * self.lr_scale
         for group in self.optimizer.param_groups:
@@ -198,7 +204,9 @@ class Trainer:
         attack = self.attack
         if self.eps_factor() < 1.0:
             attack = scaled_attack(attack, self.eps_factor())
-        result = attack(self.model, x, y, generator=self.generator)
+        per_example = {} if indices is None else {"indices": indices, "epoch": self.epoch,
+                                                  "num_examples": len(self.train_loader.dataset)}
+        result = attack(self.model, x, y, generator=self.generator, **per_example)
         self.model.train()
         ctx = StepContext(self.train_model, x, y, result, self.epoch, self.step, self.generator, self.autocast,
                           optimizer=self.optimizer)
@@ -280,6 +288,7 @@ class Trainer:
             "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
             "loss_terms": {t.name: t.state_dict() for t in self.loss_terms},
             "weight_perturbation": self.weight_perturbation.state_dict() if self.weight_perturbation else {},
+            **({"attack": self.attack.state_dict()} if hasattr(self.attack, "state_dict") else {}),
             "config": self.config,
         }
 
@@ -324,3 +333,8 @@ class Trainer:
                 term.load_state_dict(ckpt["loss_terms"][term.name])
         if self.weight_perturbation is not None:
             self.weight_perturbation.load_state_dict(ckpt["weight_perturbation"])
+        if hasattr(self.attack, "load_state_dict"):  # an attack with state (fgsm_mep's per-example buffers)
+            if "attack" not in ckpt:
+                raise CheckpointError(f"checkpoint {str(path)!r} holds no state for the {self.attack.name} attack, "
+                                      "so the run cannot resume exactly; start it again.")
+            self.attack.load_state_dict(ckpt["attack"])
