@@ -281,6 +281,8 @@ def check_section(kind: str, registry: dict, section: Any, where: str, norm: str
             + (f" Did you mean {hint!r}?" if hint else "")
         )
     params = {k: p for k, p in keyword_arguments(registry[name]).items() if k not in hidden}
+    if "behaviour" in section:
+        check_behaviour(kind, registry, name, section["behaviour"], where, "behaviour" in params)
     for key, value in section.items():
         if key == "name":
             continue
@@ -295,6 +297,34 @@ def check_section(kind: str, registry: dict, section: Any, where: str, norm: str
             section[key] = parse_number(value, f"{where}.{key}")
             if key in ("step", "eps"):
                 _check_radius(section[key], f"{where}.{key}", norm)
+
+
+BEHAVIOURS = ("paper", "code")
+
+
+def check_behaviour(kind: str, registry: dict, name: str, value: Any, where: str, has_switch: bool) -> None:
+    """``behaviour`` is only for methods whose paper and official code train differently (the class takes a
+    ``behaviour`` argument; its choices are the class's ``behaviours``, default paper | code); anything else is a
+    config error naming the choices, or the methods that have the switch."""
+    from .registry import keyword_arguments
+
+    cls = registry[name]
+    if not has_switch:
+        with_switch = sorted(n for n, c in registry.items() if "behaviour" in keyword_arguments(c))
+        note = getattr(cls, "behaviour_note", "")
+        raise ConfigError(
+            f"{where}.behaviour: {kind} {name!r} has no paper/code behaviour switch"
+            + (f" ({note})" if note else "") + "; remove the key. "
+            + (f"{kind.capitalize()}s with one (behaviour: {' | '.join(BEHAVIOURS)}): {', '.join(with_switch)}."
+               if with_switch else f"No {kind} has one.")
+        )
+    choices = tuple(getattr(cls, "behaviours", BEHAVIOURS))
+    if value not in choices:
+        hint = closest(str(value), choices)
+        raise ConfigError(
+            f"{where}.behaviour = {value!r} is not a behaviour of {kind} {name!r}; expected one of: {', '.join(choices)}."
+            + (f" Did you mean {hint!r}?" if hint else "")
+        )
 
 
 def check_attack_section(section: dict, where: str, norm: str) -> None:
@@ -329,6 +359,11 @@ def validate(cfg: Config) -> Config:
     for where in ("attack", "validation.attack", "eval.attack"):
         section = cfg.attack if where == "attack" else getattr(cfg, where.split(".")[0]).attack
         check_attack_section(section, where, cfg.threat.norm)
+        if where != "attack" and section.get("clip") is False:
+            raise ConfigError(
+                f"{where}.clip: false leaves the [0,1] image box (it reproduces the official ELLE training attack); "
+                f"validation and evaluation attacks must stay in the threat model: remove {where}.clip."
+            )
     from .regularisers import REGULARISERS
 
     for i, section in enumerate(cfg.regularisers):

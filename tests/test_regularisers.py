@@ -23,7 +23,7 @@ from robustrain.regularisers.convergesmooth import in_constant_segment, smoothed
 from robustrain.regularisers.elle import elle_default_lambda
 from robustrain.regularisers.gradalign import gradalign_default_lambda
 from robustrain.threat import make_threat
-from robustrain.training import CrossEntropy, StepContext, load_checkpoint
+from robustrain.training import CrossEntropy, LRSchedule, StepContext, Trainer, load_checkpoint
 
 from conftest import KillAt, digits_batch, make_digits_model
 
@@ -201,6 +201,85 @@ def test_elle_a_lambda_is_reset_or_decayed(values):
     assert term.history == [float(v) for v in values]
 
 
+def _sgd_by_hand(w: torch.Tensor, g: torch.Tensor, buf: torch.Tensor | None, lr: float, momentum: float = 0.9,
+                 wd: float = 5e-4) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of SGD with momentum and coupled weight decay (PyTorch's rule, dampening 0), written out."""
+    d = g + wd * w
+    buf = d.clone() if buf is None else momentum * buf + d
+    return w - lr * buf, buf
+
+
+@pytest.mark.parametrize("cls", [ELLE, ELLEA])
+def test_elle_code_behaviour_takes_two_sgd_steps_with_the_same_gradient(cls, batch):
+    """behaviour: code = the official loop: optimizer.step(); scheduler.step(); optimizer.step(), one backward."""
+    x, y = batch
+    sched = LRSchedule("cyclic", 0.1, 4, 2, peak=0.5)  # lr per step 0, 0.05, 0.1, 0.05, (0): every step differs
+    runs = {}
+    for behaviour in ("paper", "code"):
+        model = plain_model()
+        term = cls(THREAT, behaviour=behaviour, **({"lam": 50.0} if cls is ELLE else {}))
+        if cls is ELLEA:
+            term.lam = 50.0  # as after a spike, so the term shapes the gradient
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        trainer = Trainer(model, FGSM(THREAT, bn_mode="train"), opt, sched, [], epochs=1, loss_terms=[term], seed=3)
+        params = list(model.parameters())
+        w = [p.detach().clone() for p in params]
+        bufs: list[torch.Tensor | None] = [None] * len(params)
+        grads = []
+        for k, (xb, yb) in enumerate(((x[:8], y[:8]), (x[8:], y[8:]))):
+            logs = trainer.train_step(xb, yb)
+            g = [p.grad.detach().clone() for p in params]  # this batch's gradient (kept after the step)
+            grads.append(g)
+            # independent: the same gradient, one SGD update per official optimizer.step(), the second one with the
+            # lr and CyclicLR momentum of the next iteration (momentum = 0.9 − 0.1·lr/lr_max, 0.8 at the peak)
+            for t in ([k, k + 1] if behaviour == "code" else [k]):
+                for i in range(len(params)):
+                    w[i], bufs[i] = _sgd_by_hand(w[i], g[i], bufs[i], sched(t), momentum=0.9 - 0.1 * sched(t) / 0.1)
+            for p, want in zip(params, w):
+                assert torch.allclose(p.detach(), want, rtol=1e-5, atol=1e-7), (behaviour, k)
+            assert logs["lr"] == sched(k)  # the logged lr is the batch's first step's
+            trainer.step += 1
+        runs[behaviour] = (w, grads)
+        if cls is ELLEA:
+            assert len(term.history) == 2  # λ is updated once per batch, not per optimiser step
+    # the first batch's gradient is the same in both behaviours (same weights, same draws); the weights are not
+    assert all(torch.equal(a, b) for a, b in zip(runs["paper"][1][0], runs["code"][1][0]))
+    assert not all(torch.allclose(a, b) for a, b in zip(runs["paper"][0], runs["code"][0]))
+
+
+def test_elle_behaviour_through_the_config_and_the_trainer(tmp_path):
+    cfg = load_config(QUICK, ["regularisers=[{name: elle, lam: 50, behaviour: code}]", "attack={name: fgsm, clip: false}",
+                              f"out_dir={tmp_path}"])
+    trainer, _ = build_trainer(cfg, tmp_path / "run")
+    assert trainer.loss_terms[0].optimizer_steps == 2 and trainer.attack.clip is False
+    assert load_config(QUICK, ["regularisers=[{name: elle_a}]"]).regularisers[0].get("behaviour") is None
+    assert ELLE(THREAT).behaviour == "paper" and ELLE(THREAT).optimizer_steps == 1  # the default is the paper
+
+
+@pytest.mark.parametrize("init_scale", [0.0, 2.0], ids=["elle_fgsm", "nfgsm_elle_a"])
+def test_fgsm_clip_false_leaves_the_box_like_the_official_elle_attack(init_scale, batch):
+    x, y = batch  # digits: many pixels exactly 0 or 1
+    model = plain_model()
+    attack = FGSM(THREAT, step=EPS, init_scale=init_scale, project=False, clip=False)
+    res = attack(model, x, y, generator=gen_at(5))
+    # independent: x_adv = x + δ₀ + step·sign(∇ℓ(x + δ₀)), δ₀ = r·ε·U[−1, 1] from the same draws, never clipped
+    g = gen_at(5)
+    r = init_scale * EPS
+    delta0 = torch.rand(x.shape, generator=g).mul_(2 * r).sub_(r) if init_scale else torch.zeros_like(x)
+    xi = (x + delta0).requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(xi), y, reduction="sum"), xi)
+    assert torch.allclose(res.x_init, x + delta0, atol=1e-7)
+    assert torch.allclose(res.x_adv, x + delta0 + EPS * grad.sign(), atol=1e-6)
+    assert res.x_adv.min() < 0 or res.x_adv.max() > 1  # outside the [0,1] box
+    # honest bounds: the ball bound still holds, the box does not, and the attack says so
+    assert attack.max_norm == pytest.approx(init_scale * EPS + EPS) and attack.in_box is False
+    assert bool((THREAT.norms(res.x_adv - x) <= attack.max_norm + 1e-6).all())
+    assert not bool(THREAT.contains(x, res.x_adv, radius=attack.max_norm).all())
+    clipped = FGSM(THREAT, step=EPS, init_scale=init_scale, project=False)(model, x, y, generator=gen_at(5))
+    assert bool(THREAT.contains(x, clipped.x_adv, radius=attack.max_norm, atol=1e-6).all())
+    assert FGSM(THREAT).clip is True and FGSM(THREAT).in_box is True
+
+
 # -- GradAlign -------------------------------------------------------------------------------------------
 def test_gradalign_value_is_the_hand_written_cosine_and_reaches_the_weights(batch):
     x, y = batch
@@ -273,8 +352,8 @@ def test_gradalign_excludes_zero_gradients(batch):
 
 
 # -- AAER ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("drop_gradient", [False, True], ids=["official_code", "formula_gradient"])
-def test_aaer_selects_abnormal_examples_and_matches_the_formula(drop_gradient):
+@pytest.mark.parametrize("lam2_gradient", [False, True], ids=["official_code", "formula_gradient"])
+def test_aaer_selects_abnormal_examples_and_matches_the_formula(lam2_gradient):
     y = torch.tensor([0, 1, 2, 0])
     z_adv = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [1.0, 1.0, 0.0], [-0.5, 2.0, 0.5]], requires_grad=True)
     l_adv = F.cross_entropy(z_adv.detach(), y, reduction="none")
@@ -283,7 +362,7 @@ def test_aaer_selects_abnormal_examples_and_matches_the_formula(drop_gradient):
     x = torch.zeros(4, 1, 8, 8)
     result = AttackResult(x_adv=x, delta=x, x_init=x, logits_init=z_init, loss_init=l_adv + change)
     ctx = StepContext(torch.nn.Identity(), x, y, result, 0, 0, gen_at(0), contextlib.nullcontext, logits_adv=z_adv)
-    out = AAER(THREAT, lam1=1.5, lam2=2.5, lam3=1.5, drop_gradient=drop_gradient)(ctx)
+    out = AAER(THREAT, lam1=1.5, lam2=2.5, lam3=1.5, lam2_gradient=lam2_gradient)(ctx)
     v_a = (1.0 ** 2 + 2.0 ** 2) / 2  # ‖z_init − z_adv‖² of examples 0 and 2
     v_n = (0.1 ** 2 + 0.2 ** 2) / 2
     expected = 1.5 * (2 / 4) * (2.5 * (0.5 + 0.3) / 2 + 1.5 * (v_a - v_n))
@@ -297,9 +376,36 @@ def test_aaer_selects_abnormal_examples_and_matches_the_formula(drop_gradient):
     # is a constant (both losses detached), so only the variation part has a gradient there
     p0 = torch.softmax(z_adv.detach()[0], 0)
     dce = p0 - F.one_hot(y[0], 3).float()
-    ce_part = 2.5 * (-dce) / 2 if drop_gradient else torch.zeros(3)
+    ce_part = 2.5 * (-dce) / 2 if lam2_gradient else torch.zeros(3)
     by_hand = 1.5 * 0.5 * (ce_part + 1.5 * (-2 * (z_init[0] - z_adv.detach()[0])) / 2)
     assert torch.allclose(z_adv.grad[0], by_hand, atol=1e-6)
+
+
+@pytest.mark.parametrize("old", [False, True])
+def test_aaer_deprecated_drop_gradient_maps_onto_lam2_gradient_and_warns(old):
+    with pytest.warns(FutureWarning, match=f"drop_gradient is deprecated.*Write lam2_gradient: {str(old).lower()}"):
+        term = AAER(THREAT, lam2=2.5, lam3=1.5, drop_gradient=old)
+    assert term.lam2_gradient is old  # the old name meant the opposite of what it says: true KEPT the gradient
+    assert AAER(THREAT, lam2=2.5, lam3=1.5).lam2_gradient is False  # default: the official code's detached term
+    with pytest.raises(ConfigError, match="give only lam2_gradient"):
+        AAER(THREAT, lam2=2.5, lam3=1.5, drop_gradient=old, lam2_gradient=old)
+    # through a config: the old key still validates, and building the term warns and maps it
+    cfg = load_config(QUICK, [f"regularisers=[{{name: aaer, lam2: 2.5, lam3: 1.5, drop_gradient: {str(old).lower()}}}]"])
+    with pytest.warns(FutureWarning, match="lam2_gradient"):
+        term = build_regulariser("aaer", THREAT, **{k: v for k, v in cfg.regularisers[0].items() if k != "name"})
+    assert term.lam2_gradient is old
+    # same gradients as the new spelling, on the fixed tensors of the formula test
+    y = torch.tensor([0, 1, 2, 0])
+    z0 = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [1.0, 1.0, 0.0], [-0.5, 2.0, 0.5]])
+    x = torch.zeros(4, 1, 8, 8)
+    grads = []
+    for t in (term, AAER(THREAT, lam2=2.5, lam3=1.5, lam2_gradient=old)):
+        z = z0.clone().requires_grad_(True)
+        res = AttackResult(x, x, x, logits_init=z0 + 1, loss_init=F.cross_entropy(z0, y, reduction="none")
+                           + torch.tensor([0.5, -0.2, 0.3, -0.1]))
+        t(StepContext(torch.nn.Identity(), x, y, res, 0, 0, gen_at(0), contextlib.nullcontext, logits_adv=z))["loss"].backward()
+        grads.append(z.grad)
+    assert torch.equal(grads[0], grads[1])
 
 
 @pytest.mark.parametrize("change", [[0.5, 0.1, 0.3, 0.2], [-0.5, -0.1, -0.3, 0.0]],
@@ -367,6 +473,66 @@ def test_convergesmooth_gate_and_sign(batch):
         term.means = [5.0, benign - 1]
         out = term(context(model, x, y, epoch=epoch))
         assert out["active"] == 0.0 and float(out["loss"].detach()) == 0.0
+
+
+def test_convergesmooth_benign_init_takes_the_loss_at_the_attack_start_point(batch):
+    """benign: init = FGSM_RS_CS.py's "benign" forward at x + δ₀ (clipped random start), with the graph to the
+    weights; benign: clean = the paper (and FGSM_MEP_CS.py) at x."""
+    x, y = batch
+    model = plain_model()
+    res = FGSM(THREAT, init_scale=1.0, step=EPS, project=False, bn_mode="train")(model, x, y, generator=gen_at(4))
+    assert not torch.equal(res.x_init, x) and 0 <= res.x_init.min() and res.x_init.max() <= 1
+    target = torch.full((len(y), 10), 0.4 / 9)
+    target[torch.arange(len(y)), y] = 0.6
+    points = {"init": res.x_init, "clean": x}
+    for benign, point in points.items():
+        with torch.no_grad():  # by hand: label-smoothed CE (0.6 on the true class, 0.4/9 elsewhere) at the point
+            value = float(-(target * torch.log_softmax(model(point), 1)).sum(1).mean())
+        term = ConvergeSmooth(THREAT, w2=2.0, segments=[0, 10], stride=1, benign=benign)
+        term.means = [value + 0.6, value + 0.5]  # benign loss 0.5 below the last epoch mean: over-fitting → −w2·L
+        ctx = context(model, x, y, epoch=3, result=res)
+        model.zero_grad()
+        out = term(ctx)
+        assert float(out["benign_loss"]) == pytest.approx(value, rel=1e-5) and out["sign"] == -1.0
+        assert float(out["loss"].detach()) == pytest.approx(-2.0 * value, rel=1e-5)
+        out["loss"].backward()
+        got = weight_grads(model)
+        model.zero_grad()
+        (-2.0 * F.cross_entropy(model(point), y, label_smoothing=4 / 9)).backward()  # the same target, torch's way
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, weight_grads(model))), benign
+        term.after_step(ctx, out)
+        term.on_epoch_end(3)
+        assert term.means[-1] == pytest.approx(value, rel=1e-5)  # u_t is the mean of this loss
+    with torch.no_grad():  # the two points give different losses here, so the test tells them apart
+        assert float(smoothed_ce(model(res.x_init), y, 0.6).mean()) != pytest.approx(
+            float(smoothed_ce(model(x), y, 0.6).mean()))
+
+
+def test_behaviour_options_are_checked_and_name_the_choices():
+    assert load_config(QUICK, ["regularisers=[{name: elle, behaviour: code}]"]).regularisers[0]["behaviour"] == "code"
+    with pytest.raises(ConfigError, match=r"regularisers\[0\]\.behaviour = 'cod'.*paper, code.*Did you mean 'code'"):
+        load_config(QUICK, ["regularisers=[{name: elle_a, behaviour: cod}]"])
+    with pytest.raises(ConfigError, match=r"regulariser 'gradalign' has no paper/code behaviour switch.*: elle, elle_a"):
+        load_config(QUICK, ["regularisers=[{name: gradalign, behaviour: code}]"])
+    with pytest.raises(ConfigError, match=r"'convergesmooth' has no paper/code behaviour switch \(.*benign: clean \| init"):
+        load_config(QUICK, ["regularisers=[{name: convergesmooth, behaviour: code}]"])
+    with pytest.raises(ConfigError, match=r"'aaer' has no paper/code behaviour switch \(.*lam2_gradient"):
+        load_config(QUICK, ["regularisers=[{name: aaer, lam2: 1, lam3: 1, behaviour: paper}]"])
+    with pytest.raises(ConfigError, match=r"attack 'fgsm' has no paper/code behaviour switch"):
+        load_config(QUICK, ["attack={name: fgsm, behaviour: code}"])
+    with pytest.raises(ConfigError, match=r"weight_perturbation\.behaviour = 'official'.*'lap'.*paper, code"):
+        load_config(QUICK, ["weight_perturbation={name: lap, beta: 0.01, behaviour: official}"])
+    with pytest.raises(ConfigError, match="behaviour must be one of paper, code"):
+        ELLEA(THREAT, behaviour="official")
+    with pytest.raises(ConfigError, match="benign must be one of clean, init"):
+        ConvergeSmooth(THREAT, benign="x_init")
+    with pytest.raises(ConfigError, match=r"unknown key 'regularisers\[0\]\.benign'"):
+        load_config(QUICK, ["regularisers=[{name: elle, benign: init}]"])
+    # the box-leaving FGSM is for training only
+    assert load_config(QUICK, ["attack={name: nfgsm, clip: false}"]).attack["clip"] is False
+    for where in ("validation.attack", "eval.attack"):
+        with pytest.raises(ConfigError, match=rf"{where}\.clip: false leaves the \[0,1\] image box"):
+            load_config(QUICK, [f"{where}={{name: fgsm, clip: false}}"])
 
 
 def test_convergesmooth_threshold_and_epoch_means(batch):

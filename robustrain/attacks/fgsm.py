@@ -18,12 +18,21 @@ from .base import Attack, AttackResult
 class FGSM(Attack):
     """One ascent step ``δ = δ₀ + α·dir(∇_δ ℓ(x+δ₀))``, then optional projection and the box clip.
 
+    ``clip: false`` LEAVES THE [0,1] BOX: neither the random start nor the result is clipped to the image box, so
+    ``x_adv`` (and ``x_init``) may hold values below 0 or above 1. That is what the official ELLE training loop does
+    (LIONS-EPFL/ELLE core/utils/train.py@0f16c0e, ``Trainer.loss``: ``x_adv = x + r·ε·(2·rand − 1)``, then
+    ``x_adv + step·sign(∇)``, projected onto the ε-ball only with ``--clamp``, never clipped to [0,1]); it exists
+    for the recipes that reproduce that code (``configs/cifar10_*elle*_code*.yaml``) and is refused for validation
+    and evaluation attacks (config check), whose points must lie in the threat model. ``max_norm`` still bounds
+    ‖δ‖ (ε with projection, init_scale·ε + step without); ``in_box`` is False.
+
     Args:
         threat: the threat model (L∞ or L2 ball ∩ [0,1] box).
         step: step size α in input units; default ``step_ratio · ε``.
         init_scale: radius of the uniform random start in units of ε (0 = start at the clean point,
             1 = FGSM-RS, k = N-FGSM).
         project: project onto the ε-ball after the step (N-FGSM does not).
+        clip: clip the random start and the result to the [0,1] box (default true; false leaves the box, see above).
         **kwargs: ``loss_fn``, ``bn_mode``, ``amp_dtype``, ``compile`` of :class:`Attack`.
     """
 
@@ -39,17 +48,24 @@ class FGSM(Attack):
         step: float | None = None,
         init_scale: float | None = None,
         project: bool | None = None,
+        clip: bool = True,
         **kwargs,
     ):
         super().__init__(threat, **kwargs)
         self.step = float(self.default_step_ratio * threat.eps if step is None else step)
         self.init_scale = float(self.default_init_scale if init_scale is None else init_scale)
         self.project = self.default_project if project is None else bool(project)
+        self.clip = bool(clip)
         if self.step < 0 or self.init_scale < 0:
             raise ConfigError(
                 f"{self.name}: step and init_scale must be >= 0, got step={self.step}, "
                 f"init_scale={self.init_scale}."
             )
+
+    @property
+    def in_box(self) -> bool:
+        """Whether every returned point lies in the [0,1] box (False with ``clip: false``)."""
+        return self.clip
 
     @property
     def max_norm(self) -> float:
@@ -58,12 +74,19 @@ class FGSM(Attack):
         return self.init_scale * self.threat.eps + self.step
 
     def run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> AttackResult:
-        if self.init_scale > 0:
-            delta0 = kernels.random_start(self.threat, x, generator, scale=self.init_scale)
-        else:
+        if self.init_scale <= 0:
             delta0 = torch.zeros_like(x, dtype=torch.float32)
+        elif self.clip:
+            delta0 = kernels.random_start(self.threat, x, generator, scale=self.init_scale)
+        else:  # uniform in the ball, not clipped to the box (the PyTorch draw, also on CUDA)
+            delta0 = self.threat.sample_ball(x, self.init_scale * self.threat.eps, generator)
         grad, logits0, loss0 = self.input_gradient(model, x, delta0, y)
-        delta = kernels.ascent_step(self.threat, delta0, grad, x, self.step, project=self.project)
+        if self.clip:
+            delta = kernels.ascent_step(self.threat, delta0, grad, x, self.step, project=self.project)
+        else:
+            delta = delta0 + self.step * self.threat.ascent_direction(grad)
+            if self.project:
+                delta = self.threat.project(delta)
         return AttackResult(
             x_adv=(x + delta).to(x.dtype),
             delta=delta,

@@ -13,14 +13,19 @@ A = {i : ℓ_i^init > ℓ_i^adv} (abnormal adversarial examples, AAEs) and N its
 
 Gradients. The official code builds the λ2 term from ``loss.detach()`` (``loss_after``) and the detached
 ``loss_before``: the term adds a constant to the loss value and **no gradient**; only the λ3 term trains (through
-z^adv, with V_N a stop-gradient). That is the default here (``drop_gradient: false``), and the published λ2 values
-were tuned with it. ``drop_gradient: true`` instead differentiates the λ2 term through ℓ^adv, as the formula read
-literally (and ``docs/methods.md`` §5.2) has it: the net coefficient of ∇ℓ_i^adv of an AAE becomes
-(1 − λ1·λ2)/B, gradient *ascent* on the AAEs for every published λ2 > 1; at CIFAR-10 ε = 16/255 (λ2 = 7 / 8.5) that
-diverged to a non-finite loss within two epochs (``results/co_cifar10.md``).
+z^adv, with V_N a stop-gradient). That is the default here (``lam2_gradient: false``), and the published λ2 values
+were tuned with it. ``lam2_gradient: true`` instead differentiates the λ2 term through ℓ^adv, as the formula read
+literally has it: the net coefficient of ∇ℓ_i^adv of an AAE becomes (1 − λ1·λ2)/B, gradient *ascent* on the AAEs for
+every published λ2 > 1; at CIFAR-10 ε = 16/255 (λ2 = 7 / 8.5) that diverged to a non-finite loss within two epochs
+(``results/co_cifar10.md``).
+
+Deprecated spelling: ``drop_gradient`` (until this release the only name) meant the opposite of what it says:
+``drop_gradient: true`` *kept* the λ2 gradient. It still works, with the same meaning
+(``drop_gradient: X`` = ``lam2_gradient: X``), and warns (``FutureWarning``) naming the replacement.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -58,17 +63,22 @@ class AAER(LossTerm):
         lam1: λ1 (1.0).
         lam2: λ2, weight of the AAEs' loss drop; default from the paper's CIFAR-10 table.
         lam3: λ3, weight of the logit-variation gap; default from the table.
-        drop_gradient: differentiate the λ2 term through ℓ^adv (the formula read literally) instead of the official
-            code's constant λ2 term (default false; see the module docstring).
+        lam2_gradient: differentiate the λ2 term through ℓ^adv (the formula read literally) instead of the official
+            code's constant (detached) λ2 term (default false = the official code; see the module docstring).
+        drop_gradient: deprecated, inverted name of ``lam2_gradient`` (``drop_gradient: true`` keeps the gradient,
+            i.e. ``lam2_gradient: true``); warns and maps onto ``lam2_gradient``.
 
     Logs every step: ``count`` (|A|), ``rate`` (|A|/B), ``loss_drop`` (mean_A(ℓ^init − ℓ^adv)) and ``var_gap``
     (V_A − V_N); the last two are 0 when A or N is empty.
     """
 
     name = "aaer"
+    signals = {"aae_rate": "rate"}  # the overfitting monitor reads the abnormal-example rate (hooks.LossTerm.signals)
+    behaviour_note = ("the default is the official code's detached λ2 term; lam2_gradient: true is the formula's "
+                      "gradient, and the base attack is the attack section")
 
     def __init__(self, threat: ThreatModel, *, variant: str = "rs", lam1: float = 1.0, lam2: float | None = None,
-                 lam3: float | None = None, drop_gradient: bool = False):
+                 lam3: float | None = None, lam2_gradient: bool | None = None, drop_gradient: bool | None = None):
         if variant not in AAER_DEFAULTS:
             raise ConfigError(f"aaer: variant must be 'rs' (RS-AAER) or 'n' (N-AAER), got {variant!r}.")
         self.variant = variant
@@ -77,7 +87,23 @@ class AAER(LossTerm):
             lam2 = d2 if lam2 is None else lam2
             lam3 = d3 if lam3 is None else lam3
         self.lam1, self.lam2, self.lam3 = float(lam1), float(lam2), float(lam3)
-        self.drop_gradient = bool(drop_gradient)
+        if drop_gradient is not None:
+            if lam2_gradient is not None:
+                raise ConfigError(
+                    f"aaer: drop_gradient is the deprecated (inverted) name of lam2_gradient; give only lam2_gradient "
+                    f"(got drop_gradient={drop_gradient!r} and lam2_gradient={lam2_gradient!r})."
+                )
+            warnings.warn(
+                f"aaer: the option drop_gradient is deprecated because its name is inverted: drop_gradient: "
+                f"{str(bool(drop_gradient)).lower()} {'KEEPS' if drop_gradient else 'drops'} the gradient of the λ2 "
+                f"term ({'the formula read literally' if drop_gradient else 'the official code'}). Write "
+                f"lam2_gradient: {str(bool(drop_gradient)).lower()} instead (false, the default, is the official "
+                "code's detached λ2 term).",
+                FutureWarning,
+                stacklevel=2,
+            )
+            lam2_gradient = bool(drop_gradient)
+        self.lam2_gradient = bool(lam2_gradient)
 
     def __call__(self, ctx: StepContext) -> dict[str, Any]:
         res = ctx.result
@@ -98,7 +124,7 @@ class AAER(LossTerm):
         v_a = variation[abnormal].mean()
         v_n = variation[~abnormal].mean().detach()
         drop = (loss_init[abnormal] - loss_adv[abnormal]).mean()
-        if not self.drop_gradient:
+        if not self.lam2_gradient:
             drop = drop.detach()  # the official code: loss_before and loss_after are both detached
         reg = self.lam1 * (n_a / b) * (self.lam2 * drop + self.lam3 * torch.relu(v_a - v_n))
         logs.update(loss_drop=drop.detach(), var_gap=(v_a - v_n).detach())

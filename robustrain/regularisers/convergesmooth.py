@@ -18,9 +18,24 @@ Paper vs code: the code's defaults are γ_max = 0.03 and ratio 1 (γ_t constant 
 paper gives ratio 1.5 [unverified]); the code uses the signed d (``signed_d: true``) where the paper's formula
 has |d| (the default here; irrelevant at ratio 1). Before two epoch means exist γ_t = γ_max. The
 example-based variant (``example_based: true``) applies the gate and the sign to each example's benign loss
-against the same epoch mean: term = (w2/B)·Σ_i gate_i·sign_i·ℓ_i. The code's ``--initialize`` (loss at the
-attack's start point instead of the benign forward) is not offered: the attack's start-point forward carries
-no graph to the weights here. Weight centralisation, the paper's other term, is ``weight_centralisation``.
+against the same epoch mean: term = (w2/B)·Σ_i gate_i·sign_i·ℓ_i.
+
+The "benign" point (``benign``), a difference between the paper and one of the two official scripts:
+
+* ``clean`` (default): L_ben at the clean batch x — the paper's L(x, θ), and ``FGSM_MEP_CS.py`` (B-MEP), whose
+  benign forward is ``model(X)``.
+* ``init``: L_ben at the training attack's start point x + δ₀ (``AttackResult.x_init``, the random start clipped
+  to the box) — what ``FGSM_RS_CS.py`` (B-RS) computes: it overwrites ``data`` with ``clamp(x + U[−ε, ε], 0, 1)``
+  before the attack, so its "benign" forward ``model(data)`` runs at x + δ₀. It is a separate forward with the
+  graph to the weights (label-smoothed CE, train mode), so the gated ±w2·L_ben trains through it, and the epoch
+  means u_t are means of this loss. With a zero-start attack (x_init = x) it equals ``clean``.
+
+The code's ``--initialize`` (reuse the attack's own start-point loss instead of a benign forward) is not offered
+separately: in ``FGSM_RS_CS.py`` that loss is plain CE whose graph ``torch.autograd.grad`` has already freed (the
+backward would fail once the gate opens); in ``FGSM_MEP_CS.py`` it is the label-smoothed loss at x + δ_prior with its
+graph retained, which ``benign: init`` with the MEP attack reproduces value for value (same point, same weights;
+only the BatchNorm running statistics see one more batch). Weight centralisation, the paper's other term, is
+``weight_centralisation``; it is absent from both official scripts.
 """
 from __future__ import annotations
 
@@ -33,6 +48,10 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..threat import ThreatModel
 from .base import LossTerm, StepContext, wide, zero_loss
+
+
+BENIGN_POINTS = ("clean", "init")
+"""Where ConvergeSmooth takes its benign loss: the clean batch, or the training attack's start point."""
 
 
 def smoothed_ce(logits: torch.Tensor, y: torch.Tensor, target: float) -> torch.Tensor:
@@ -67,6 +86,8 @@ class ConvergeSmooth(LossTerm):
         segments: epoch boundaries of the constant-lr segments, e.g. [0, 100, 105, 110]; null: one segment.
         stride: margin in epochs at each segment edge (1).
         example_based: gate each example (E-variant) instead of the batch mean (B-variant).
+        benign: where the benign loss is taken: ``clean`` (x; the paper and FGSM_MEP_CS.py) or ``init`` (the attack's
+            start point x + δ₀; FGSM_RS_CS.py), see the module docstring.
 
     State (saved with every checkpoint): the epoch means u and this epoch's running sum. Logs ``benign_loss``,
     ``threshold`` (γ_t), ``u_prev`` (NaN before the first epoch ends), ``active`` (inside a segment), ``gate``
@@ -74,10 +95,12 @@ class ConvergeSmooth(LossTerm):
     """
 
     name = "convergesmooth"
+    behaviour_note = ("its paper/code differences are explicit options: benign: clean | init (the benign point), and "
+                      "the separate weight_centralisation regulariser, which the official code lacks")
 
     def __init__(self, threat: ThreatModel, *, w2: float = 1.0, gamma: float = 0.03, gamma_ratio: float = 1.0,
                  signed_d: bool = False, smooth_target: float = 0.6, segments: list[int] | None = None,
-                 stride: int = 1, example_based: bool = False):
+                 stride: int = 1, example_based: bool = False, benign: str = "clean"):
         self.w2, self.gamma_max = float(w2), float(gamma)
         self.gamma_ratio = float(gamma_ratio)
         self.signed_d = bool(signed_d)
@@ -85,6 +108,10 @@ class ConvergeSmooth(LossTerm):
         self.segments = None if segments is None else [int(s) for s in segments]
         self.stride = int(stride)
         self.example_based = bool(example_based)
+        if benign not in BENIGN_POINTS:
+            raise ConfigError(f"convergesmooth: benign must be one of {', '.join(BENIGN_POINTS)} (clean: the paper and "
+                              f"FGSM_MEP_CS.py; init: the attack's start point, FGSM_RS_CS.py), got {benign!r}.")
+        self.benign = benign
         if self.gamma_ratio < 1 or self.gamma_max < 0 or not 0 < self.smooth_target <= 1:
             raise ConfigError(
                 f"convergesmooth: expected gamma >= 0, gamma_ratio >= 1 and 0 < smooth_target <= 1; got gamma="
@@ -107,8 +134,9 @@ class ConvergeSmooth(LossTerm):
 
     def __call__(self, ctx: StepContext) -> dict[str, Any]:
         active = bool(self.means) and in_constant_segment(ctx.epoch, self.segments, self.stride)
+        point = ctx.x if self.benign == "clean" else ctx.result.x_init
         with torch.set_grad_enabled(active and torch.is_grad_enabled()), ctx.autocast():
-            logits = ctx.model(ctx.x)
+            logits = ctx.model(point)
         losses = smoothed_ce(logits, ctx.y, self.smooth_target)
         benign = losses.mean()
         gamma = self.threshold()

@@ -8,9 +8,15 @@ Local linearity error on one random triplet per example in the ε-ball, with ℓ
 
 One forward of the 3B concatenation and no double backpropagation; gradients flow through all three losses.
 
-Paper vs code:
-* One optimiser step per batch (the paper). The official code (commit 0f16c0e, ``core/utils/train.py``) calls
-  ``optimizer.step()`` twice per batch with the same gradients; that is not reproduced.
+Paper vs code (``behaviour``):
+* ``paper`` (default): one optimiser step per batch.
+* ``code``: the official loop (LIONS-EPFL/ELLE ``core/utils/train.py``@0f16c0e, ``Trainer.train``) calls
+  ``loss.backward()``, ``optimizer.step()``, ``scheduler.step()`` and ``optimizer.step()`` again, with the same
+  gradients. The second call is a full second SGD step: at the weights the first step left, with the learning rate
+  (and CyclicLR's cycled momentum) of the *next* iteration, weight decay added again (at the updated weights) and the
+  momentum buffer updated again. This term asks the Trainer for it through ``optimizer_steps = 2`` (see
+  :meth:`robustrain.training.Trainer.train_step`). The official CIFAR training attack also never clips x_adv to
+  [0,1]; the code-behaviour recipes pair this with the FGSM option ``clip: false``.
 * The triplet points are not clipped to [0,1] (``clip: false``), as in the paper's formula and the official CIFAR
   code; ``clip: true`` clips them to the image box as the official ImageNet code does.
 * The 3B triplet forward is separate from the x_adv forward (the objective's), as in the official code
@@ -39,12 +45,29 @@ def elle_default_lambda(threat: ThreatModel) -> float:
     return 1000.0 if px <= 8 else 5000.0 if px <= 20 else 10000.0
 
 
-class _LinearityError(LossTerm):
-    """The shared E_lin computation."""
+BEHAVIOURS = ("paper", "code")
+"""``paper``: one optimiser step per batch; ``code``: two, as the official training loop (module docstring)."""
 
-    def __init__(self, threat: ThreatModel, *, clip: bool = False):
+
+class _LinearityError(LossTerm):
+    """The shared E_lin computation and the paper/code behaviour switch."""
+
+    behaviours = BEHAVIOURS
+    signals = {"e_lin": "error"}  # the overfitting monitor reads E_lin (hooks.LossTerm.signals)
+
+    def __init__(self, threat: ThreatModel, *, clip: bool = False, behaviour: str = "paper"):
+        if behaviour not in BEHAVIOURS:
+            raise ConfigError(
+                f"{self.name}: behaviour must be one of {', '.join(BEHAVIOURS)} (paper: one optimiser step per batch; "
+                f"code: two, as the official ELLE loop), got {behaviour!r}."
+            )
         self.threat = threat
         self.clip = bool(clip)
+        self.behaviour = behaviour
+
+    @property
+    def optimizer_steps(self) -> int:  # type: ignore[override]
+        return 2 if self.behaviour == "code" else 1
 
     def linearity_error(self, ctx: StepContext) -> torch.Tensor:
         """E_lin of the batch (scalar, fp32, with the graph to the weights)."""
@@ -64,14 +87,16 @@ class ELLE(_LinearityError):
         threat: the threat model (ε sets the triplet radius and the default λ).
         lam: λ; default per ε from the paper (1000 for ε ≤ 8/255, 5000 for 10–20/255, 10000 for 22–26/255).
         clip: clip the triplet points to [0,1] (off in the paper and the official CIFAR code).
+        behaviour: ``paper`` (one optimiser step per batch) or ``code`` (two, as the official loop).
 
     Logs ``error`` (E_lin) and ``lam`` every step.
     """
 
     name = "elle"
 
-    def __init__(self, threat: ThreatModel, *, lam: float | None = None, clip: bool = False):
-        super().__init__(threat, clip=clip)
+    def __init__(self, threat: ThreatModel, *, lam: float | None = None, clip: bool = False,
+                 behaviour: str = "paper"):
+        super().__init__(threat, clip=clip, behaviour=behaviour)
         self.lam = float(elle_default_lambda(threat) if lam is None else lam)
         if self.lam < 0:
             raise ConfigError(f"elle: lam must be >= 0, got {self.lam}.")
@@ -99,6 +124,8 @@ class ELLEA(_LinearityError):
         sensitivity: s, in standard deviations (2).
         window: use only the last ``window`` values of H (None: all, as on CIFAR).
         clip: clip the triplet points to [0,1].
+        behaviour: ``paper`` (one optimiser step per batch) or ``code`` (two, as the official loop; λ is still
+            updated once per batch).
 
     State (saved with every checkpoint): λ and H. Logs ``error``, ``lam`` (the λ of this step) and
     ``triggered`` (1.0 when this step's λ is λ_max because the previous step's E_lin was a spike).
@@ -107,8 +134,9 @@ class ELLEA(_LinearityError):
     name = "elle_a"
 
     def __init__(self, threat: ThreatModel, *, lam_max: float = 4000.0, decay: float = 0.99,
-                 sensitivity: float = 2.0, window: int | None = None, clip: bool = False):
-        super().__init__(threat, clip=clip)
+                 sensitivity: float = 2.0, window: int | None = None, clip: bool = False,
+                 behaviour: str = "paper"):
+        super().__init__(threat, clip=clip, behaviour=behaviour)
         self.lam_max = float(lam_max)
         self.decay = float(decay)
         self.sensitivity = float(sensitivity)

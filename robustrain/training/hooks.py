@@ -45,6 +45,14 @@ class LossTerm:
     """
 
     name = "term"
+    signals: dict[str, str] = {}
+    """Early-warning signals this term provides to the overfitting monitor: signal name → the key of the value in
+    the dict ``__call__`` returns (logged as ``<name>/<key>``). The monitor averages each between its checks and
+    records it in the check as ``<name>/<signal>``; tests/test_monitor.py fails if one never arrives."""
+    optimizer_steps = 1
+    """Optimiser steps the Trainer takes per batch with this batch's gradients (the largest over the terms wins).
+    1 for every method except ELLE / ELLE-A with ``behaviour: code``: the official ELLE loop calls
+    ``optimizer.step()`` twice per batch, the second time after its per-iteration scheduler has stepped."""
 
     def __call__(self, ctx: StepContext) -> dict[str, Any]:
         raise NotImplementedError

@@ -242,6 +242,7 @@ class Trainer:
             if self.grad_clip:
                 logs["grad_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip))
             self.optimizer.step()
+            self._extra_optimizer_steps()
         for term, t_out in zip(self.loss_terms, synced.term_outs):
             term.after_step(ctx, t_out)
         dt = time.perf_counter() - t0
@@ -249,6 +250,24 @@ class Trainer:
         logs.update({"loss": synced.loss, "train_adv_acc": synced.adv_acc, "lr": lr,
                      "images_per_s": synced.examples / dt})
         return logs
+
+    def _extra_optimizer_steps(self) -> None:
+        """More optimiser steps with this batch's gradients when a loss term asks for them
+        (``LossTerm.optimizer_steps``, 2 for ELLE / ELLE-A with ``behaviour: code``), as the official ELLE loop
+        (LIONS-EPFL/ELLE core/utils/train.py@0f16c0e): ``optimizer.step(); scheduler.step(); optimizer.step()``.
+        Extra step k therefore runs with the learning rate the schedule gives step ``self.step + k`` (the official
+        per-iteration scheduler has stepped once in between; the lr of the next batch is set again as usual), at the
+        weights the previous step left: SGD adds weight decay and updates the momentum buffer again. With
+        ``grad_clip`` the gradients are clipped again before each extra step, as the official loop does. The
+        learning rate logged for the batch is that of its first step."""
+        steps = max((int(getattr(t, "optimizer_steps", 1)) for t in self.loss_terms), default=1)
+        for k in range(1, steps):
+            lr = self.schedule(self.step + k) * self.lr_scale
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            if self.grad_clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.optimizer.step()
 
     def validate(self) -> dict[str, float]:
         """Clean and robust accuracy on the held-out split, model in eval mode, fixed random starts."""
