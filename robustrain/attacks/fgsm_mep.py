@@ -161,6 +161,12 @@ class FGSMMEP(Attack):
         self._state = _MEPState()
         self._batch: tuple[Tensor, int, int] | None = None  # (indices, epoch, num_examples) of the call in progress
 
+    @property
+    def in_box(self) -> bool:
+        """Whether every returned point lies in the [0,1] box: ``x_adv`` always does; the start point ``x_init``
+        only with ``clip_init`` (the code's start point may leave the box by up to ε)."""
+        return self.clip_init
+
     # -- calling -------------------------------------------------------------------------------------
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None,
                  indices: Tensor | None = None, epoch: int | None = None,
