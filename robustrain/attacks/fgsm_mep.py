@@ -222,7 +222,8 @@ class FGSMMEP(Attack):
         """A fresh prior: Π_ε(α·sign(u)) with random signs (the code's uniform draw, then its sign), or zeros."""
         if self.init == "zero":
             return torch.zeros(shape, device=device, dtype=torch.float32)
-        signs = torch.randint(0, 2, shape, generator=generator, device=device, dtype=torch.int8)
+        where = generator.device if generator is not None else torch.device("cpu")  # draw where the generator is
+        signs = torch.randint(0, 2, shape, generator=generator, device=where, dtype=torch.int8).to(device)
         return self.threat.project(self.threat.ascent_direction(signs.float().mul_(2).sub_(1)) * self.step)
 
     def _ensure(self, epoch: int, n: int, shape: tuple[int, ...], device: torch.device,
