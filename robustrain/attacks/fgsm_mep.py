@@ -124,6 +124,8 @@ class FGSMMEP(Attack):
 
     name = "fgsm_mep"
     needs_indices = True
+    behaviour_note = ("its one code-vs-library difference is an explicit option: clip_init: false is the official "
+                      "FGSM_MEP_CS.py start point x + δ_prior, unclipped to the box; true, the default, clips it")
 
     def __init__(
         self,
