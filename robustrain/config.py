@@ -43,11 +43,13 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     """Architecture by registry name (``preact_resnet18``, ``wrn28_10``, ``small_cnn``, ``timm:<name>``
-    ...) and its keyword arguments."""
+    ...) and its keyword arguments. ``normalise: false`` builds it without the mean/std layer (the network sees
+    raw [0,1] inputs, as the official Wong-MNIST, TRADES, TRADES-AWP, MART, ELLE and ConvergeSmooth code feeds it)."""
 
     name: str = "small_cnn"
     kwargs: dict = field(default_factory=dict)
     channels_last: bool = False
+    normalise: bool = True
 
 
 @dataclass
@@ -70,13 +72,26 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    """Per-iteration learning-rate schedule: constant, cyclic (0 → lr → 0, peak at ``peak``), multistep
-    (×``gamma`` at epochs ``milestones``) or cosine."""
+    """Per-iteration learning-rate (and momentum) schedule; robustrain/training/schedules.py documents each kind and
+    the official script it reproduces. ``cyclic``: torch's CyclicLR 0 → lr → 0 (peak at ``peak`` of all iterations)
+    with its momentum cycling (``cycle_momentum``, null = on when the optimiser has momentum; ``max_momentum`` 0.9 at
+    lr 0, ``base_momentum`` 0.8 at the peak; Adam: beta1). ``interp``: np.interp(t, [0, epochs·peak (integer
+    division), epochs], [0, lr, 0]) at t = epoch + (i+1)/n_batches (Wong MNIST, GradAlign). ``multistep``: lr until
+    the first of ``milestones`` (epochs), then × ``factors`` (one per milestone; "a/b" strings divide) or chained
+    ``gamma``; ``count_from`` 0 | 1 says how milestones count epochs (1: TRADES/AWP/MART scripts, ``epoch >= m`` with
+    epochs from 1); ``at`` epoch | batch_end (batch_end: at t = epoch + (i+1)/n, the Rice/AWP/RWP piecewise
+    schedule). ``constant``, ``cosine``."""
 
     name: str = "cyclic"
     peak: float = 0.5
     milestones: list = field(default_factory=list)
     gamma: float = 0.1
+    factors: list = field(default_factory=list)
+    count_from: int = 0
+    at: str = "epoch"
+    cycle_momentum: bool | None = None
+    base_momentum: float = 0.8
+    max_momentum: float = 0.9
 
 
 @dataclass
@@ -409,7 +424,37 @@ def validate(cfg: Config) -> Config:
     if cfg.optim.name not in ("sgd", "adam", "adamw"):
         hint = closest(cfg.optim.name, ["sgd", "adam", "adamw"])
         raise ConfigError(f"optim.name = {cfg.optim.name!r}; expected sgd, adam or adamw." + (f" Did you mean {hint!r}?" if hint else ""))
+    _check_schedule(cfg)
+    _check_bn_updates(cfg)
     return cfg
+
+
+def _check_schedule(cfg: Config) -> None:
+    """The schedule's own checks (kind, peak, milestones, factors, count_from, at, momenta), run on a stand-in
+    length so a bad schedule fails when the config is loaded, not when training starts."""
+    from .training.schedules import LRSchedule
+
+    s = cfg.schedule
+    milestones = [parse_number(m, f"schedule.milestones[{i}]") for i, m in enumerate(s.milestones)]
+    LRSchedule(s.name, cfg.optim.lr, cfg.train.epochs, 1, peak=s.peak, milestones=tuple(milestones), gamma=s.gamma,
+               factors=tuple(s.factors), count_from=s.count_from, at=s.at, cycle_momentum=s.cycle_momentum,
+               base_momentum=s.base_momentum, max_momentum=s.max_momentum)
+
+
+def _check_bn_updates(cfg: Config) -> None:
+    """``update_bn_stats`` only where the attack runs BatchNorm on batch statistics (the training attack with
+    ``bn_mode: train``); validation and evaluation attacks never touch the model's statistics."""
+    if cfg.attack.get("update_bn_stats") and cfg.attack.get("bn_mode", "train") == "eval":
+        raise ConfigError(
+            "attack.update_bn_stats: true needs attack.bn_mode: train (the official Wong / Rice / ELLE / AAER "
+            "training attacks run the model in train mode, so their forwards update the BatchNorm running "
+            "statistics); in eval mode BatchNorm uses those statistics and has nothing to update. Set "
+            "attack.bn_mode: train or remove attack.update_bn_stats."
+        )
+    for where, section in (("validation.attack", cfg.validation.attack), ("eval.attack", cfg.eval.attack)):
+        if section.get("update_bn_stats"):
+            raise ConfigError(f"{where}.update_bn_stats: validation and evaluation attacks run the model in eval "
+                              f"mode and never change its BatchNorm statistics; remove {where}.update_bn_stats.")
 
 
 # -- loading --------------------------------------------------------------------------------------------

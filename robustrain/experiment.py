@@ -74,7 +74,8 @@ def build_data(cfg: Config, *, need_train: bool = True) -> Data:
 
 def build_model(cfg: Config, info: ArrayDataset, device: torch.device) -> torch.nn.Module:
     model = create_model(cfg.model.name, num_classes=info.num_classes, in_channels=info.image_shape[0],
-                         mean=info.mean, std=info.std, channels_last=cfg.model.channels_last, **cfg.model.kwargs)
+                         mean=info.mean, std=info.std, normalise=cfg.model.normalise,
+                         channels_last=cfg.model.channels_last, **cfg.model.kwargs)
     if cfg.train.sync_batchnorm and current().enabled:
         if device.type != "cuda":
             raise ConfigError(
@@ -160,7 +161,9 @@ def build_trainer(cfg: Config, run_dir: Path, data: Data | None = None) -> tuple
     steps_per_epoch = len(data.train)
     s = cfg.schedule
     schedule = LRSchedule(s.name, cfg.optim.lr, steps_per_epoch * cfg.train.epochs, steps_per_epoch, peak=s.peak,
-                          milestones=tuple(s.milestones), gamma=s.gamma)
+                          milestones=tuple(float(m) for m in s.milestones), gamma=s.gamma, factors=tuple(s.factors),
+                          count_from=s.count_from, at=s.at, cycle_momentum=s.cycle_momentum,
+                          base_momentum=s.base_momentum, max_momentum=s.max_momentum)
     callbacks = [
         JSONLLogger(run_dir / "metrics.jsonl", every=cfg.train.log_every),
         *([build_monitor(cfg, data, threat)] if cfg.monitor.enabled else []),

@@ -241,3 +241,75 @@ def test_attack_does_not_copy_or_replace_the_model(digits):
     build_attack("nfgsm", make_threat("linf", 0.2), bn_mode="train")(model, x, y)
     for (k, v), (_, w) in zip(model.state_dict().items(), ref.state_dict().items()):
         assert torch.equal(v, w), k
+
+
+# -- update_bn_stats: the official Wong / Rice / ELLE / AAER training attacks run the model in train mode ----------
+def _bn_stats(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+
+
+@pytest.mark.parametrize("name,forwards", [("fgsm_rs", 1), ("nfgsm", 1), ("pgd", 3)])
+def test_update_bn_stats_updates_running_statistics_as_train_mode_forwards_do(digits, name, forwards):
+    model = make_digits_model(batchnorm=True)
+    x, y = digits_batch(digits[0], 16)
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    kwargs = {"steps": 3, "keep_best": False} if name == "pgd" else {}
+    before = snapshot(model)
+    stats0 = _bn_stats(model)
+    # default: the statistics are untouched (and the model restored)
+    plain = build_attack(name, make_threat("linf", 0.1), bn_mode="train", **kwargs)(model, x, y, generator=gen())
+    assert_unchanged(model, before)
+    # asked for: they change, by exactly what the attack's train-mode forwards at its own points would do
+    attack = build_attack(name, make_threat("linf", 0.1), bn_mode="train", update_bn_stats=True, **kwargs)
+    r = attack(model, x, y, generator=gen())
+    assert torch.equal(r.x_adv, plain.x_adv)  # the attack itself is the same (batch statistics either way)
+    stats1 = _bn_stats(model)
+    assert any(not torch.equal(stats0[k], stats1[k]) for k in stats0)
+    assert all(int(v) == forwards for k, v in stats1.items() if "num_batches" in k)
+    # every other guarantee still holds: mode, requires_grad, .grad, parameters, track_running_stats
+    after = snapshot(model)
+    assert after["modes"] == before["modes"] and after["req"] == before["req"] and after["track"] == before["track"]
+    for k, v in before["state"].items():
+        if k not in stats0:
+            assert torch.equal(after["state"][k], v), k
+    if forwards == 1:  # single step: the statistics of an official loop's one model(X + delta0) train-mode forward
+        ref = make_digits_model(batchnorm=True).train()
+        with torch.no_grad():
+            ref(r.x_init)
+        for k, v in _bn_stats(ref).items():
+            assert torch.equal(stats1[k], v), k
+
+
+def test_update_bn_stats_with_eval_mode_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="bn_mode"):
+        build_attack("fgsm_rs", make_threat("linf", 0.1), bn_mode="eval", update_bn_stats=True)
+    with pytest.raises(ConfigError, match="bn_mode"):
+        with attack_guard(nn.BatchNorm1d(2), "eval", update_bn_stats=True):
+            pass
+    from pathlib import Path
+
+    from robustrain.config import load_config
+
+    quick = Path(__file__).resolve().parent.parent / "configs" / "quickstart_digits.yaml"
+    with pytest.raises(ConfigError, match="update_bn_stats.*bn_mode: train"):
+        load_config(quick, ["attack.bn_mode=eval", "attack.update_bn_stats=true"])
+    with pytest.raises(ConfigError, match="eval.attack.update_bn_stats"):
+        load_config(quick, ["eval.attack={name: pgd, update_bn_stats: true}"])
+    cfg = load_config(quick, ["attack.update_bn_stats=true"])
+    assert cfg.attack["update_bn_stats"] is True and cfg.attack["bn_mode"] == "train"
+
+
+def test_update_bn_stats_restores_the_model_when_it_raises(digits):
+    model = make_digits_model(batchnorm=True)
+    x, y = digits_batch(digits[0], 8)
+    before = snapshot(model)
+
+    def boom(module, inp, out):
+        raise RuntimeError("boom")
+
+    h = model.net.classifier.register_forward_hook(boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        build_attack("fgsm_rs", make_threat("linf", 0.1), bn_mode="train", update_bn_stats=True)(model, x, y)
+    h.remove()
+    after = snapshot(model)
+    assert after["modes"] == before["modes"] and after["req"] == before["req"] and after["track"] == before["track"]

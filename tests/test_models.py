@@ -341,3 +341,36 @@ def test_register_model_rejects_duplicates_and_bad_signatures() -> None:
     with pytest.raises(ValueError, match="in_channels"):
         register_model(no_channels)
     assert "no_channels" not in list_models()
+
+
+# -- normalise: false (Wong MNIST, TRADES, MART, ELLE, ConvergeSmooth feed raw [0,1] inputs) ---------------------
+def test_normalise_false_builds_the_model_without_the_mean_std_layer() -> None:
+    torch.manual_seed(0)
+    plain = create_model("small_cnn", num_classes=10, in_channels=1, mean=0.1307, std=0.3081, normalise=False)
+    torch.manual_seed(0)
+    normed = create_model("small_cnn", num_classes=10, in_channels=1, mean=0.1307, std=0.3081)
+    assert isinstance(plain, NormalisedModel) and isinstance(plain.normalise, nn.Identity)
+    assert not any(k.startswith("normalise.") for k in plain.state_dict())  # no mean/std buffers
+    assert [k for k in normed.state_dict() if not k.startswith("normalise.")] == list(plain.state_dict())
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(plain(x), plain.net(x))  # the network sees the raw [0,1] input
+        assert not torch.allclose(plain(x), normed(x))
+    with pytest.raises(ConfigError, match="normalise"):
+        create_model("small_cnn", num_classes=10, in_channels=1, normalise="no")
+
+
+def test_model_normalise_config_key_reaches_the_built_model(tmp_path) -> None:
+    from pathlib import Path
+
+    from robustrain.config import load_config
+    from robustrain.experiment import build_trainer
+
+    quick = Path(__file__).resolve().parent.parent / "configs" / "quickstart_digits.yaml"
+    cfg = load_config(quick, ["model.normalise=false", "train.progress=false", "wandb.mode=disabled",
+                              f"out_dir={tmp_path}"])
+    assert cfg.model.normalise is False
+    trainer, _ = build_trainer(cfg, tmp_path / "run")
+    assert isinstance(trainer.model.normalise, nn.Identity)
+    trainer2, _ = build_trainer(load_config(quick, [f"out_dir={tmp_path}", "wandb.mode=disabled"]), tmp_path / "run2")
+    assert isinstance(trainer2.model.normalise, Normalise)

@@ -74,8 +74,17 @@ def _norm_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if getattr(m, "track_running_stats", False)]
 
 
+def _check_bn_update(bn_mode: str, update_bn_stats: bool) -> None:
+    if update_bn_stats and bn_mode != "train":
+        raise ConfigError(
+            f"update_bn_stats=True needs bn_mode='train' (got bn_mode={bn_mode!r}): only a model in train mode "
+            "updates BatchNorm running statistics (the official Wong / Rice / ELLE / AAER training attacks run "
+            "the model in train mode); in eval mode BatchNorm uses them. Set bn_mode: train or drop update_bn_stats."
+        )
+
+
 @contextlib.contextmanager
-def attack_guard(model: nn.Module, bn_mode: str = "eval") -> Iterator[None]:
+def attack_guard(model: nn.Module, bn_mode: str = "eval", update_bn_stats: bool = False) -> Iterator[None]:
     """Run an attack on ``model`` without changing it.
 
     Inside the block, parameters do not require grad and the model is in eval mode
@@ -83,16 +92,24 @@ def attack_guard(model: nn.Module, bn_mode: str = "eval") -> Iterator[None]:
     running statistics (``bn_mode="train"``, the recipe of Wong et al. and Rice et al.). On exit, even
     through an exception, every module's mode, every parameter's ``requires_grad`` and ``.grad`` and
     every norm layer's ``track_running_stats`` flag are as they were.
+
+    ``update_bn_stats=True`` (only with ``bn_mode="train"``) is the one exception, asked for explicitly: the
+    attack's forward passes then update the BatchNorm running statistics (and ``num_batches_tracked``) exactly
+    as a train-mode forward does, as the official training loops do, whose attack runs on the model in train
+    mode (locuslab/fast_adversarial CIFAR10/train_fgsm.py@54f7287, locuslab/robust_overfitting
+    train_cifar.py@c47a25c, pdejorge/N-FGSM train.py@0a9e4f0, LIONS-EPFL/ELLE, tmllab AAER). Everything else is
+    still restored.
     """
     if bn_mode not in BN_MODES:
         raise ConfigError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}.")
+    _check_bn_update(bn_mode, update_bn_stats)
     modes = [(m, m.training) for m in model.modules()]
     params = list(model.parameters())
     flags = [(p, p.requires_grad, p.grad) for p in params]
     norms = _norm_layers(model)
     try:
         model.train(bn_mode == "train")
-        if bn_mode == "train":
+        if bn_mode == "train" and not update_bn_stats:
             for m in norms:
                 m.track_running_stats = False  # batch statistics, running buffers left alone
         for p in params:
@@ -133,6 +150,9 @@ class Attack:
         loss_fn: per-example loss to ascend; cross-entropy by default.
         bn_mode: "eval" (evaluation and TRADES-style training attacks) or "train" (Wong / Rice training
             attacks: batch statistics, running statistics untouched).
+        update_bn_stats: with ``bn_mode="train"``, let the attack's forward passes update the BatchNorm running
+            statistics as the official Wong / Rice / N-FGSM / ELLE / AAER loops do (their attack runs the model in
+            train mode). Default False: the statistics are left untouched. With ``bn_mode="eval"`` a ConfigError.
         amp_dtype: autocast dtype for the model's forward (e.g. torch.bfloat16); the perturbation and
             its update stay fp32.
         compile: run the forward, the loss and the input-gradient backward through ``torch.compile``
@@ -150,14 +170,17 @@ class Attack:
         *,
         loss_fn: LossFn | None = None,
         bn_mode: str = "eval",
+        update_bn_stats: bool = False,
         amp_dtype: torch.dtype | None = None,
         compile: bool = False,
     ):
         if bn_mode not in BN_MODES:
             raise ConfigError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}.")
+        _check_bn_update(bn_mode, bool(update_bn_stats))
         self.threat = threat
         self.loss_fn: LossFn = loss_fn or cross_entropy
         self.bn_mode = bn_mode
+        self.update_bn_stats = bool(update_bn_stats)
         self.amp_dtype = amp_dtype
         self.compile = bool(compile)
         self._compile_state = _CompileState()
@@ -177,7 +200,7 @@ class Attack:
     ) -> AttackResult:
         check_inputs(x, y)
         x = x.detach()
-        with attack_guard(model, self.bn_mode):
+        with attack_guard(model, self.bn_mode, getattr(self, "update_bn_stats", False)):
             return self.run(model, x, y, generator)
 
     def run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> AttackResult:

@@ -106,6 +106,9 @@ class Normalise(nn.Module):
 class NormalisedModel(nn.Sequential):
     """A classifier whose first module is :class:`Normalise`: ``net(normalise(x))``.
 
+    Built with ``create_model(..., normalise=False)`` (``model.normalise: false`` in a config) the first module
+    is an ``nn.Identity`` instead, and the network sees the raw [0, 1] inputs.
+
     It is an ``nn.Sequential`` with two named children, so ``model[0]`` and ``model.normalise`` are the
     normalisation layer and ``model[1]`` and ``model.net`` the bare network (whose ``state_dict`` keys
     match the reference implementations). The output is logits ``[B, num_classes]``.
@@ -115,10 +118,10 @@ class NormalisedModel(nn.Sequential):
         net: The network that takes normalised inputs.
     """
 
-    normalise: Normalise
+    normalise: Normalise | nn.Identity
     net: nn.Module
 
-    def __init__(self, normalise: Normalise, net: nn.Module) -> None:
+    def __init__(self, normalise: Normalise | nn.Identity, net: nn.Module) -> None:
         super().__init__()
         self.add_module("normalise", normalise)
         self.add_module("net", net)

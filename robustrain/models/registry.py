@@ -88,6 +88,7 @@ def create_model(
         in_channels: int = 3,
         mean: float | Sequence[float] = 0.0,
         std: float | Sequence[float] = 1.0,
+        normalise: bool = True,
         channels_last: bool = False,
         **kwargs: Any,
 ) -> NormalisedModel:
@@ -100,6 +101,10 @@ def create_model(
         mean: Per-channel mean of the data (or one value for all channels); the default 0 with
             ``std=1`` leaves inputs unnormalised.
         std: Per-channel standard deviation (or one value for all channels).
+        normalise: ``False`` builds the model without the mean/std layer: ``model.normalise`` is an
+            ``nn.Identity`` (no buffers in the ``state_dict``), so the network sees raw [0, 1] inputs, as the
+            official Wong-MNIST (locuslab/fast_adversarial MNIST/mnist_net.py), TRADES, TRADES-AWP, MART, ELLE and
+            ConvergeSmooth code feeds it. ``mean`` and ``std`` are then ignored.
         channels_last: Convert the model to ``torch.channels_last`` (faster convolutions on CPU and
             tensor-core GPUs; feed it channels_last inputs too).
 
@@ -109,8 +114,8 @@ def create_model(
             own default". For ``timm:`` models they go to ``timm.create_model``.
 
     Returns:
-        ``NormalisedModel``: ``model.normalise`` then ``model.net``, mapping ``[B, C, H, W]`` images in
-        [0, 1] to logits ``[B, num_classes]``.
+        ``NormalisedModel``: ``model.normalise`` (an ``nn.Identity`` with ``normalise=False``) then
+        ``model.net``, mapping ``[B, C, H, W]`` images in [0, 1] to logits ``[B, num_classes]``.
 
     Raises:
         UnknownNameError: For an unknown model name; the message lists the choices.
@@ -127,7 +132,9 @@ def create_model(
     num_classes = _check_count(num_classes, "num_classes")
     in_channels = _check_count(in_channels, "in_channels")
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    normalise = Normalise(mean, std, channels=in_channels)
+    if not isinstance(normalise, bool):
+        raise ConfigError(f"normalise must be true or false, got {normalise!r}.")
+    norm_layer: nn.Module = Normalise(mean, std, channels=in_channels) if normalise else nn.Identity()
 
     if name.startswith(TIMM_PREFIX):
         timm_name = name[len(TIMM_PREFIX):]
@@ -142,7 +149,7 @@ def create_model(
     else:
         raise unknown_name("model", name, [*list_models(), f"{TIMM_PREFIX}<timm name>"])
 
-    model = NormalisedModel(normalise, net)
+    model = NormalisedModel(norm_layer, net)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model

@@ -24,7 +24,7 @@ from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from .hooks import LossTerm, StepContext, WeightPerturbation
 from .objectives import CrossEntropy
 from .parallel import rank_seed, sync_step, sync_term_states, training_module
-from .schedules import LRSchedule
+from .schedules import LRSchedule, optimizer_momentum, set_momentum
 
 CHECKPOINT_VERSION = 1
 
@@ -98,7 +98,8 @@ class Trainer:
         self.model = model
         self.attack = attack
         self.optimizer = optimizer
-        self.schedule = schedule
+        # cycle_momentum: None (CyclicLR's default) is decided here, against the optimiser
+        self.schedule = schedule.resolve(optimizer) if hasattr(schedule, "resolve") else schedule
         self.train_loader = train_loader
         self.val_loader = val_loader
         self.val_attack = val_attack
@@ -201,6 +202,10 @@ class Trainer:
         lr = self.schedule(self.step) * self.lr_scale
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        momentum = self.schedule.momentum(self.step) if hasattr(self.schedule, "momentum") else None
+        if momentum is not None:  # cyclic with cycle_momentum (CyclicLR): SGD momentum or Adam beta1
+            set_momentum(self.optimizer, momentum)
+        momentum = optimizer_momentum(self.optimizer)  # logged: the momentum (beta1) this step runs with
         attack = self.attack
         if self.eps_factor() < 1.0:
             attack = scaled_attack(attack, self.eps_factor())
@@ -248,6 +253,7 @@ class Trainer:
         dt = time.perf_counter() - t0
         logs["eps"] = attack.threat.eps
         logs.update({"loss": synced.loss, "train_adv_acc": synced.adv_acc, "lr": lr,
+                     "momentum": momentum,
                      "images_per_s": synced.examples / dt})
         return logs
 
@@ -265,6 +271,9 @@ class Trainer:
             lr = self.schedule(self.step + k) * self.lr_scale
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
+            momentum = self.schedule.momentum(self.step + k) if hasattr(self.schedule, "momentum") else None
+            if momentum is not None:  # CyclicLR's scheduler.step() in between also moved the momentum
+                set_momentum(self.optimizer, momentum)
             if self.grad_clip:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
             self.optimizer.step()
