@@ -128,23 +128,34 @@ class EvalConfig:
 
 @dataclass
 class MonitorConfig:
-    """The overfitting monitor. CO: every ``every`` steps (default once per epoch) clean / FGSM / PGD-``pgd_steps``
-    accuracy of ``n_check`` held-out images; declared when PGD accuracy falls more than ``co_drop`` below its
-    best while clean or FGSM accuracy stays within ``co_stable`` of theirs, or when FGSM accuracy exceeds PGD
-    accuracy by more than ``co_gap`` (null turns that rule off). RO: validation robust accuracy more
-    than ``ro_margin`` below its best for ``ro_patience`` epochs. ``action``: warn, stop or rollback (with a
-    ``remedy``: {kind: lr, factor: 0.5}, {kind: attack, name: nfgsm}, {kind: regulariser, name: ...})."""
+    """The overfitting monitor (robustrain/training/monitor.py; rules in robustrain/training/monitor_rules/). CO: every
+    ``every`` steps (default once per epoch) clean / FGSM / PGD-``pgd_steps`` accuracy of ``n_check`` held-out
+    images; declared when PGD accuracy falls below its best by more than ``co_drop`` or the sampling-error bound,
+    whichever is larger, while clean or FGSM accuracy stays within ``co_stable`` of theirs, or when FGSM accuracy
+    exceeds PGD accuracy by more than ``co_gap`` or ``co_healthy_gap`` plus its sampling-error bound (null turns that
+    rule off). RO: validation robust accuracy averaged over ``ro_window`` epochs (null: epochs/20, 2 to 10) below the
+    best such average by more than ``ro_margin`` or the sampling-error bound (from ``data.val_size``) for
+    ``ro_patience`` epochs, watched only after the schedule's first lr decay unless ``ro_after_decay: false``. The
+    bounds keep each rule's false-alarm probability per run at ``false_alarm`` (binomial noise; results/monitor_eval.md
+    measures it). ``rules``: replaces the default rules, names or {name: ..., option: value}. ``action``: warn, stop
+    or rollback (to the last healthy check, with a ``remedy``: {kind: lr, factor: 0.5}, {kind: attack, name: nfgsm},
+    {kind: regulariser, name: ...})."""
 
     enabled: bool = False
     every: int | None = None
     n_check: int = 256
     pgd_steps: int = 10
     train_batch: bool = False
+    false_alarm: float = 0.01
     co_drop: float = 0.2
     co_stable: float = 0.2
     co_gap: float | None = 0.3
-    ro_margin: float = 0.03
-    ro_patience: int = 5
+    co_healthy_gap: float = 0.2
+    ro_margin: float = 0.01
+    ro_patience: int = 1
+    ro_window: int | None = None
+    ro_after_decay: bool = True
+    rules: list | None = None
     action: str = "warn"
     remedy: dict = field(default_factory=dict)
     max_rollbacks: int = 2
@@ -390,6 +401,13 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"monitor.action = {m.action!r}; expected warn, stop or rollback." + (f" Did you mean {hint!r}?" if hint else ""))
     if m.enabled and cfg.data.val_size < 1:
         raise ConfigError("monitor.enabled needs a held-out validation split: set data.val_size (e.g. 1000 for CIFAR).")
+    if not 0.0 < m.false_alarm < 1.0:
+        raise ConfigError(f"monitor.false_alarm is a probability per run in (0, 1), e.g. 0.01; got {m.false_alarm}.")
+    if m.rules is not None:
+        from .training.monitor_rules import build_rule
+
+        for spec in m.rules:
+            build_rule(spec)  # unknown rule names and options raise here
     if m.remedy:
         kind = m.remedy.get("kind")
         if kind == "attack":

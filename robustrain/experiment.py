@@ -29,7 +29,8 @@ from .training.monitor import OverfitMonitor
 from .training.checkpoint import remove_stale_temporaries
 from .perturbation import build_weight_perturbation
 from .training.objectives import build_objective
-from .training.overfitting import COThresholds, ROThresholds
+from .training.monitor_rules import build_rule
+from .training.overfitting import COThresholds, co_rules
 from .tables import format_table  # noqa: F401  (re-exported: the CLI and evaluation reports import it from here)
 from .tracking import WandbLogger
 
@@ -116,9 +117,16 @@ def build_monitor(cfg: Config, data: Data, threat: ThreatModel) -> OverfitMonito
     if data.val is None:
         raise ConfigError("monitor.enabled needs a held-out validation split: set data.val_size.")
     x, y = first_examples(data.val, m.n_check)
-    return OverfitMonitor(x, y, threat, every=m.every, pgd_steps=m.pgd_steps, train_batch=m.train_batch,
-                          co=COThresholds(m.co_drop, m.co_stable, m.co_gap), ro=ROThresholds(m.ro_margin, m.ro_patience),
-                          action=m.action, remedy=m.remedy, max_rollbacks=m.max_rollbacks, seed=cfg.seed)
+    if m.rules is not None:
+        rules = [build_rule(spec, false_alarm=m.false_alarm) for spec in m.rules]
+    else:
+        window = m.ro_window or max(2, min(10, cfg.train.epochs // 20))
+        rules = [*co_rules(COThresholds(m.co_drop, m.co_stable, m.co_gap), m.false_alarm, healthy_gap=m.co_healthy_gap),
+                 build_rule({"name": "robust_overfitting", "window": window, "patience": m.ro_patience,
+                             "margin": m.ro_margin, "after_decay": m.ro_after_decay, "false_alarm": m.false_alarm})]
+    return OverfitMonitor(x, y, threat, every=m.every, pgd_steps=m.pgd_steps, train_batch=m.train_batch, rules=rules,
+                          n_val=len(data.val.dataset), action=m.action, remedy=m.remedy, max_rollbacks=m.max_rollbacks,
+                          seed=cfg.seed)
 
 
 def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import math
+import warnings
 import random
 from pathlib import Path
 
@@ -12,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from robustrain.config import load_config
-from robustrain.errors import ConfigError
+from robustrain.errors import ConfigError, RobustrainError
 from robustrain.experiment import build_trainer
 from robustrain.threat import make_threat
 from robustrain.training import Callback
@@ -100,9 +103,14 @@ def tiny_trainer(tmp_path, *overrides):
 class ScriptedMonitor(OverfitMonitor):
     """Replays scripted accuracies instead of attacking (for testing the actions)."""
 
-    def __init__(self, *args, script, **kwargs):
+    def __init__(self, *args, script, n="batch", **kwargs):
         super().__init__(*args, **kwargs)
         self.script = list(script)
+        self.n = n  # "batch": the check batch's size; None: unknown (the rules' floors alone); or a number
+
+    def _new_check(self, trainer):
+        chk = super()._new_check(trainer)
+        return chk if self.n == "batch" else dataclasses.replace(chk, n=self.n)
 
     def _measure(self, trainer, x, y, factor=1.0):
         clean, fgsm, pgd = self.script.pop(0)
@@ -239,6 +247,192 @@ def test_bad_monitor_configs():
         load_config(QUICK, ["monitor.enabled=true", "data.val_size=0"])
     with pytest.raises(ConfigError, match="every"):
         OverfitMonitor(torch.zeros(1, 1, 8, 8), torch.zeros(1, dtype=torch.long), make_threat("linf", 0.1), every=0)
+
+# -- signals declared by loss terms ----------------------------------------------------------------------
+def test_each_declared_signal_reaches_a_check(tmp_path):
+    """Every registered loss term that declares signals: a short run with it on, the monitor checking every 2 steps;
+    each declared signal must arrive in the checks (finite), none may be reported missing."""
+    from robustrain.regularisers import REGULARISERS
+
+    declaring = sorted(name for name, cls in REGULARISERS.items() if getattr(cls, "signals", None))
+    assert {"elle", "elle_a", "aaer", "gradalign"} <= set(declaring)
+    for name in declaring:
+        trainer, mon = tiny_trainer(tmp_path, "train.epochs=1", "monitor.every=2", f"regularisers=[{{name: {name}}}]",
+                                    "data.batch_size=128", "threat.eps=8/255")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a missing declared signal warns
+            for x, y in list(trainer.train_loader.iterate(0))[:4]:
+                logs = trainer.train_step(x, y)
+                trainer.step += 1
+                mon.on_batch_end(trainer, logs)
+        cls = REGULARISERS[name]
+        assert mon.checks and not mon.missing_signals, (name, mon.missing_signals)
+        for signal in cls.signals:
+            values = [c.signals.get(f"{name}/{signal}") for c in mon.checks]
+            assert all(v is not None and math.isfinite(v) for v in values), (name, signal, values)
+
+
+def test_a_declared_signal_that_never_arrives_is_reported(tmp_path):
+    from robustrain.training.hooks import LossTerm
+
+    class Mislabelled(LossTerm):
+        name = "mislabelled"
+        signals = {"rate": "ratee"}  # the key it logs is "rate"
+
+        def __call__(self, ctx):
+            return {"loss": ctx.x.new_zeros(()), "rate": 0.5}
+
+    trainer, mon = tiny_trainer(tmp_path, "train.epochs=1", "monitor.every=2")
+    trainer.loss_terms.append(Mislabelled())
+    with pytest.warns(UserWarning, match="mislabelled/rate"):
+        for x, y in list(trainer.train_loader.iterate(0))[:2]:
+            logs = trainer.train_step(x, y)
+            trainer.step += 1
+            mon.on_batch_end(trainer, logs)
+    assert mon.missing_signals == {"mislabelled/rate"}
+
+
+# -- rules with statistics ------------------------------------------------------------------------------
+from robustrain.training.monitor_rules import RULES, History, build_rule  # noqa: E402
+from robustrain.training.monitor_rules._stats import calibrated_z, first_decay  # noqa: E402
+
+
+def binomial_curves(p, n, runs, seed):
+    """``runs`` noisy copies of the accuracy curve ``p`` measured on ``n`` images each epoch."""
+    gen = torch.Generator().manual_seed(seed)
+    probs = torch.tensor(p, dtype=torch.float64).expand(runs, len(p))
+    return (torch.binomial(torch.full_like(probs, n), probs, generator=gen) / n).tolist()
+
+
+def ro_fires(rule, values, n, lrs=None, arm_epoch=None):
+    """The first epoch the rule declares on ``values`` (the statistic is causal, so one pass over the whole series
+    equals calling the rule after every epoch), or None."""
+    hist = History(val_robust=values, lr=lrs or [0.1] * len(values), n_val=n, arm_epoch=arm_epoch, epochs=len(values))
+    run = 0
+    for row in rule.statistic(hist):
+        run = run + 1 if row["drop"] > row["threshold"] else 0
+        if run >= rule.patience:
+            return row["epoch"]
+    return None
+
+
+def test_rules_are_registered_by_name():
+    assert {"pgd_drop", "fgsm_pgd_gap", "robust_overfitting", "robust_overfitting_margin"} <= set(RULES)
+    rule = build_rule({"name": "robust_overfitting", "window": 4}, false_alarm=0.05)
+    assert rule.window == 4 and rule.false_alarm == 0.05
+    with pytest.raises(ConfigError, match="unknown argument"):
+        build_rule({"name": "robust_overfitting", "windw": 4})
+    with pytest.raises(RobustrainError, match="Did you mean .pgd_drop."):
+        build_rule("pgd_dorp")
+
+
+@pytest.mark.parametrize("n,false_alarm", [(256, 0.05), (1000, 0.01)])
+def test_ro_false_alarm_rate_on_a_flat_curve_is_the_stated_one(n, false_alarm):
+    """A flat curve (no overfitting) measured on n images for 100 epochs, watched throughout: the share of runs with a
+    declaration is the stated false_alarm (Monte-Carlo error of 1000 runs: ±0.014 at 5 %, ±0.006 at 1 %, 2 sigma)."""
+    rule = build_rule({"name": "robust_overfitting", "window": 10, "after_decay": False}, false_alarm=false_alarm)
+    runs = binomial_curves([0.5] * 100, n, 1000, seed=n)
+    rate = sum(ro_fires(rule, v, n) is not None for v in runs) / len(runs)
+    assert rate <= false_alarm + 2 * math.sqrt(false_alarm * (1 - false_alarm) / len(runs)) + 0.005, rate
+    assert rate >= false_alarm / 4, rate  # calibrated, not merely conservative
+
+
+def test_ro_detects_a_real_decline_after_the_decay_and_nothing_before_it():
+    """Scripted: lr 0.1 for 50 epochs (plateau at 0.45 with a deep 5-epoch dip), decay, a jump to 0.55, then a
+    decline of 0.4 points per epoch (Rice et al.'s CIFAR-10 curve falls about 0.15 to 0.3 per epoch)."""
+    curve = [0.45] * 50 + [0.55] * 5 + [0.55 - 0.004 * t for t in range(1, 46)]
+    curve[30:35] = [0.33] * 5  # a 12-point dip on the high-lr plateau
+    lrs = [0.1] * 49 + [0.01] * 51  # the lr at the end of epoch 50 is already the decayed one
+    assert first_decay(lrs) == 50
+    rule = build_rule({"name": "robust_overfitting", "window": 5}, false_alarm=0.01)
+    unwatched = build_rule({"name": "robust_overfitting", "window": 5, "after_decay": False}, false_alarm=0.01)
+    n = 1000
+    noisy = binomial_curves(curve, n, 200, seed=3)
+    first = [ro_fires(rule, v, n, lrs) for v in noisy]
+    assert all(f is not None and f > 50 for f in first)  # always declared, never before the decay
+    assert sorted(first)[len(first) // 2] <= 80  # median: within 25 epochs of the decline's start
+    assert ro_fires(unwatched, curve, n, lrs) is not None and ro_fires(unwatched, curve, n, lrs) <= 40  # the dip
+    assert ro_fires(rule, curve, n, lrs) > 50
+    # the rule's own call agrees with the statistic, epoch by epoch
+    hist = lambda k: History(val_robust=curve[:k], lr=lrs[:k], n_val=n, epochs=100)  # noqa: E731
+    calls = [k for k in range(1, 101) if rule(hist(k)) is not None]
+    assert calls and calls[0] == ro_fires(rule, curve, n, lrs)
+    assert rule(hist(calls[0]))["watched_after_epoch"] == 50
+
+
+def test_ro_needs_no_set_size_and_then_uses_its_floor():
+    rule = build_rule({"name": "robust_overfitting", "window": 2, "margin": 0.05, "after_decay": False})
+    assert rule(History(val_robust=[0.5, 0.5, 0.47, 0.47])) is None
+    ev = rule(History(val_robust=[0.5, 0.5, 0.42, 0.42]))
+    assert ev is not None and ev["threshold"] == 0.05 and ev["smoothed_drop"] == pytest.approx(0.08)
+
+
+def test_calibrated_z_is_deterministic_and_grows_with_the_horizon():
+    assert calibrated_z(10, 1, 0.01, 100) == calibrated_z(10, 1, 0.01, 100)
+    assert calibrated_z(10, 1, 0.01, 50) < calibrated_z(10, 1, 0.01, 100) < calibrated_z(10, 1, 0.01, 200)
+    assert calibrated_z(10, 1, 0.05, 100) < calibrated_z(10, 1, 0.01, 100)
+
+
+def co_history(series, n):
+    return [Check(step=i, epoch=0, clean=c, fgsm=f, pgd=p, n=n) for i, (c, f, p) in enumerate(series)]
+
+
+def test_co_thresholds_follow_the_check_size():
+    drop = [(0.8, 0.6, 0.5), (0.8, 0.6, 0.25)]  # 25 points
+    assert detect_catastrophic(co_history(drop, 1000)) is not None  # the 20-point floor rules
+    assert detect_catastrophic(co_history(drop, 32)) is None  # 25 points is noise on 32 images
+    gap = [(0.9, 0.72, 0.4)]  # 32 points
+    assert detect_catastrophic(co_history(gap, 1000)) is not None
+    assert detect_catastrophic(co_history(gap, 64)) is None
+    assert detect_catastrophic(co_history([(0.9, 0.95, 0.05)], 64)) is not None  # a real collapse, even on 64
+
+
+@pytest.mark.parametrize("n", [64, 256])
+def test_co_false_alarm_rate_on_a_healthy_run(n):
+    """100 checks of a healthy run: PGD accuracy flat at 0.45, the FGSM−PGD gap at the healthy 0.2 (both binomial
+    on n images): fewer than 1 % + Monte-Carlo error of 400 runs declare."""
+    rules = [build_rule({"name": "pgd_drop", "horizon": 100}), build_rule({"name": "fgsm_pgd_gap", "horizon": 100})]
+    gen = torch.Generator().manual_seed(n)
+    runs, alarms = 400, 0
+    for _ in range(runs):
+        pgd = torch.binomial(torch.full((100,), float(n)), torch.full((100,), 0.45), generator=gen) / n
+        gap = torch.binomial(torch.full((100,), float(n)), torch.full((100,), 0.2), generator=gen) / n
+        hist = [Check(step=i, epoch=0, clean=0.9, fgsm=float(p + g), pgd=float(p), n=n) for i, (p, g) in enumerate(zip(pgd, gap))]
+        alarms += any(r(History(checks=hist[: i + 1])) for i in range(100) for r in rules)
+    assert alarms / runs <= 0.01 + 2 * math.sqrt(0.01 * 0.99 / runs), alarms
+
+
+# -- rollback to the last healthy check -----------------------------------------------------------------
+def test_rollback_skips_a_check_that_passed_inside_the_collapse(tmp_path):
+    """Checks at steps 2, 4, 6, 8: PGD 0.45, 0.46, 0.32 (14 points down: below the 20-point threshold, so it passes,
+    but more than half-way to it, so it is not healthy), 0.02 (declared). The rollback restores step 4's weights."""
+    trainer, _ = tiny_trainer(tmp_path, "monitor.action=rollback", "monitor.remedy={kind: lr, factor: 0.5}",
+                              "train.epochs=1")
+    script = [(0.8, 0.5, 0.45), (0.82, 0.55, 0.46), (0.85, 0.6, 0.32), (0.9, 0.9, 0.02)] + [(0.9, 0.6, 0.4)] * 50
+    mon = replace_monitor(trainer, script, n=None, action="rollback", remedy={"kind": "lr", "factor": 0.5})
+    saved = {}
+
+    class Spy(Callback):
+        def on_batch_end(self, tr, logs):
+            if tr.step in (4, 6):
+                saved[tr.step] = {k: v.clone() for k, v in tr.model.state_dict().items()}
+
+    trainer.callbacks.insert(0, Spy())
+    events = []
+
+    class Events(Callback):
+        def on_event(self, tr, event):
+            events.append(event)
+
+    trainer.callbacks.append(Events())
+    trainer.fit()
+    checks = [e for e in events if e["kind"] == "monitor_check"]
+    assert [c["healthy"] for c in checks[:4]] == [1.0, 1.0, 0.0, 0.0]
+    rollback = next(e for e in events if e["kind"] == "rollback")
+    assert rollback["step"] == 8 and rollback["to_step"] == 4
+    assert [c.pgd for c in mon.checks][:3] == [0.45, 0.46, 0.4]  # the unhealthy and collapsed checks were dropped
+    assert any(not torch.equal(saved[4][k], saved[6][k]) for k in saved[4])
+
 
 # -- integration on real data ---------------------------------------------------------------------------
 

@@ -56,6 +56,7 @@ class GradAlign(LossTerm):
     """
 
     name = "gradalign"
+    signals = {"cos": "cos"}  # the overfitting monitor reads the gradient cosine (hooks.LossTerm.signals)
 
     def __init__(self, threat: ThreatModel, *, lam: float | None = None, reuse_attack_grad: bool = True,
                  clip: bool = False):

@@ -1,12 +1,18 @@
 """The overfitting monitor: a callback that watches a run for catastrophic and robust overfitting and acts.
 
 Every ``every`` steps it attacks a fixed batch of held-out images (clean, FGSM, PGD-k; model in eval mode,
-BatchNorm statistics untouched) and logs the result with the early-warning signals the run provides (input
-gradient alignment, measured here; ELLE's linearity error and AAER's abnormal-example rate when those terms
-are on). The decisions are the pure rules of :mod:`.overfitting`. Actions: ``warn`` (log the event),
-``stop`` (end training; the validation-best checkpoint is kept by the checkpointer), ``rollback`` (restore
-the weights and optimiser state of the last healthy check, apply a remedy, continue; after
-``max_rollbacks`` it stops).
+BatchNorm statistics untouched) and logs the result with the early-warning signals the run provides: input
+gradient alignment, measured here, and every signal a loss term declares in its ``signals`` attribute
+(:class:`~.hooks.LossTerm`: ELLE's E_lin, AAER's abnormal-example rate, GradAlign's cosine), averaged over the
+steps since the previous check. The decisions are the registered rules of :mod:`.monitor_rules`, pure functions of
+the history, with thresholds stated against the sampling error of the check batch and the validation set; the
+robust-overfitting rule watches only the epochs after the schedule's first learning-rate decay unless told
+otherwise. Actions: ``warn`` (log the event), ``stop`` (end training; the validation-best checkpoint is kept by the
+checkpointer), ``rollback`` (restore the weights and optimiser state of the last *healthy* check, apply a remedy,
+continue; after ``max_rollbacks`` it stops). A check is healthy when no rule fires and every catastrophic-overfitting
+rule's own healthy criterion holds (PGD accuracy at most half the drop threshold below its best; FGSM−PGD gap at
+most half-way from the healthy gap to the threshold): a check that passed while the collapse had already begun is
+not a rollback target.
 
 In a distributed run (torchrun) rank 0 measures each check and decides; the check and the decision are broadcast and
 every rank carries the action out (stop, or the same rollback and remedy), so the ranks stay alike.
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -28,14 +35,25 @@ from ..evaluation import evaluate
 from ..threat import ThreatModel
 from .callbacks import Callback
 from .trainer import scaled_attack
-from .overfitting import Check, COThresholds, ROThresholds, detect_catastrophic, detect_robust_overfitting
+from .monitor_rules import History, Rule, build_rule
+from .monitor_rules._stats import first_decay
+from .overfitting import Check, COThresholds, co_rules
 
 if TYPE_CHECKING:  # pragma: no cover
     from .trainer import Trainer
 
 ACTIONS = ("warn", "stop", "rollback")
 REMEDIES = ("lr", "attack", "regulariser")
-SIGNAL_KEYS = ("elle/e_lin", "aaer/aae_rate", "gradalign/cos")
+
+
+def declared_signals(terms: Any) -> dict[str, str]:
+    """The signals the loss terms declare: ``<term>/<signal>`` → the log key ``<term>/<key>`` it is read from."""
+    return {f"{t.name}/{sig}": f"{t.name}/{key}" for t in terms for sig, key in getattr(t, "signals", {}).items()}
+
+
+def default_rules(co: COThresholds = COThresholds(), false_alarm: float = 0.01) -> list[Rule]:
+    """pgd_drop, fgsm_pgd_gap (unless ``co.gap`` is None) and robust_overfitting at ``false_alarm``."""
+    return [*co_rules(co, false_alarm), build_rule("robust_overfitting", false_alarm=false_alarm)]
 
 
 def gradient_alignment(model: torch.nn.Module, x: Tensor, y: Tensor, threat: ThreatModel,
@@ -59,7 +77,10 @@ class OverfitMonitor(Callback):
         pgd_steps: steps of the check's PGD (step ε/4, one random start).
         train_batch: also check the first training batch of each epoch (Wong et al.); the decision uses the
             held-out batch.
-        co, ro: thresholds.
+        co: the effect floors of the default catastrophic-overfitting rules (ignored when ``rules`` is given).
+        rules: the decision rules (:mod:`.monitor_rules`); default :func:`default_rules` at ``false_alarm``.
+        false_alarm: the default rules' stated false-alarm probability per run.
+        n_val: images in the validation set (the robust-overfitting rule's sampling error); None: floors only.
         action: warn, stop or rollback.
         remedy: for rollback: ``{"kind": "lr", "factor": 0.5}``, ``{"kind": "attack", "name": "nfgsm", ...}``
             or ``{"kind": "regulariser", "name": "elle", ...}``.
@@ -72,8 +93,8 @@ class OverfitMonitor(Callback):
 
     def __init__(self, x_check: Tensor, y_check: Tensor, threat: ThreatModel, *, every: int | None = None,
                  pgd_steps: int = 10, train_batch: bool = False, co: COThresholds = COThresholds(),
-                 ro: ROThresholds = ROThresholds(), action: str = "warn", remedy: dict | None = None,
-                 max_rollbacks: int = 2, seed: int = 0):
+                 rules: Any = None, false_alarm: float = 0.01, n_val: int | None = None, action: str = "warn",
+                 remedy: dict | None = None, max_rollbacks: int = 2, seed: int = 0):
         if action not in ACTIONS:
             raise ConfigError(f"monitor.action = {action!r}; expected one of {ACTIONS}.")
         remedy = dict(remedy or {})
@@ -88,7 +109,10 @@ class OverfitMonitor(Callback):
         self.threat = threat
         self.every = every
         self.train_batch = train_batch
-        self.co, self.ro = co, ro
+        self.rules: list[Rule] = list(rules) if rules is not None else default_rules(co, false_alarm)
+        self.co_rules = [r for r in self.rules if r.kind == "catastrophic_overfitting"]
+        self.ro_rules = [r for r in self.rules if r.kind == "robust_overfitting"]
+        self.n_val = n_val
         self.action, self.remedy, self.max_rollbacks = action, remedy, int(max_rollbacks)
         self.seed = int(seed)
         self.fgsm = build_attack("fgsm", threat, bn_mode="eval")
@@ -96,6 +120,10 @@ class OverfitMonitor(Callback):
         # state
         self.checks: list[Check] = []
         self.val_robust: list[float] = []
+        self.val_lr: list[float] = []  # the schedule's lr at the end of each epoch
+        self.arm_epoch: int | None = None  # from the schedule at fit start (robust-overfitting rules)
+        self.epochs: int | None = None
+        self.checks_planned: int | None = None
         self.events: list[dict[str, Any]] = []
         self.rollbacks = 0
         self.applied: list[dict] = []
@@ -103,30 +131,60 @@ class OverfitMonitor(Callback):
         self.co_active = False
         self.snapshot: dict[str, Any] | None = None
         self.check_seconds = 0.0
-        self._signals: dict[str, list[float]] = {}
+        self._signals: dict[str, list[float]] = {}  # declared signal -> finite values since the last check
+        self._declared: dict[str, str] = {}  # declared signal -> log key, as of the last step
+        self._seen: set[str] = set()  # declared signals whose log key arrived since the last check
+        self.missing_signals: set[str] = set()  # declared signals that never arrived between two checks
 
     # -- hooks ---------------------------------------------------------------------------------------
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        """Read the plan: epochs, checks, and the first learning-rate decay of the schedule."""
+        spe = trainer.steps_per_epoch
+        self.epochs = int(trainer.epochs)
+        self.checks_planned = max(1, self.epochs * spe // (self.every or spe))
+        try:  # the schedule is a function of the global step; its lr at each epoch's end
+            lrs = [float(trainer.schedule(e * spe)) for e in range(1, self.epochs + 1)]
+        except Exception:  # noqa: BLE001 - an unreadable schedule: the rules derive the decay from the logged lr
+            self.arm_epoch = None
+        else:
+            decay = first_decay(lrs)
+            self.arm_epoch = 0 if decay is None else decay  # a schedule that never decays is watched throughout
+
     def on_batch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
-        for key in SIGNAL_KEYS:
+        self._declared = declared_signals(trainer.loss_terms)
+        for signal, key in self._declared.items():
             if key in logs:
-                self._signals.setdefault(key, []).append(float(logs[key]))
+                self._seen.add(signal)
+                value = float(logs[key])
+                if value == value and abs(value) != float("inf"):  # NaN (e.g. no valid example this step) skipped
+                    self._signals.setdefault(signal, []).append(value)
         every = self.every or trainer.steps_per_epoch
         if trainer.step % every == 0:
             self.check(trainer)
+
+    def history(self, checks: list[Check] | None = None) -> History:
+        """What the rules read (``checks`` replaces the recorded checks)."""
+        return History(checks=self.checks if checks is None else checks, val_robust=list(self.val_robust),
+                       lr=list(self.val_lr), n_val=self.n_val, arm_epoch=self.arm_epoch, epochs=self.epochs,
+                       checks_planned=self.checks_planned)
 
     def on_validation_end(self, trainer: "Trainer", metrics: dict[str, float]) -> None:
         if "val_robust_acc" not in metrics:
             return
         self.val_robust.append(metrics["val_robust_acc"])
-        evidence = detect_robust_overfitting(self.val_robust, self.ro)
-        if evidence is not None and not self.ro_declared:
+        self.val_lr.append(float(metrics.get("lr", trainer.schedule(trainer.step))))
+        if self.ro_declared:
+            return
+        history = self.history()
+        for rule in self.ro_rules:
+            evidence = rule(history)
+            if evidence is None:
+                continue
             self.ro_declared = True
-            self._declare(trainer, "robust_overfitting", evidence,
-                          f"robust overfitting: validation robust accuracy {evidence['val_robust_acc']:.3f} has stayed "
-                          f"more than {self.ro.margin:.3f} below its best {evidence['best_val_robust_acc']:.3f} "
-                          f"(epoch {evidence['best_epoch']}) for {self.ro.patience} epochs; best.pt holds the best model")
+            self._declare(trainer, "robust_overfitting", evidence, rule.message(evidence))
             if self.action == "stop":
                 trainer.should_stop = True
+            return
 
     def on_checkpoint_loaded(self, trainer: "Trainer") -> None:
         for remedy in self.applied:
@@ -150,12 +208,33 @@ class OverfitMonitor(Callback):
         acc = self._measure(trainer, x, y, factor)
         signals = {"grad_alignment": acc["grad_alignment"]}
         signals.update({k: sum(v) / len(v) for k, v in self._signals.items() if v})
+        missing = set(self._declared) - self._seen
+        if missing and trainer.step > 0:
+            self.missing_signals |= missing
+            warnings.warn(f"overfitting monitor: declared signals {sorted(missing)} were not in the training logs "
+                          f"since the last check (looked for {[self._declared[m] for m in sorted(missing)]})",
+                          stacklevel=2)
         if self.train_batch:
             xt, yt = next(iter(trainer.train_loader.iterate(trainer.epoch)))
             tacc = self._measure(trainer, xt, yt, factor)
             signals.update({f"train_{k}": v for k, v in tacc.items()})
         return Check(trainer.step, trainer.epoch, acc["clean"], acc["fgsm"], acc["pgd"], signals,
-                     eps=self.threat.eps * factor)
+                     eps=self.threat.eps * factor, n=len(y))
+
+    def decide(self, checks: list[Check]) -> tuple[dict[str, Any] | None, Rule | None, bool]:
+        """(evidence, the rule that fired, healthy) at the last of ``checks``; a pure function of the history."""
+        history = self.history(checks)
+        for rule in self.co_rules:
+            evidence = rule(history)
+            if evidence is not None:
+                cur = checks[-1]
+                same = [c for c in checks[:-1] if c.eps == cur.eps]
+                if same:  # the drop from the best, whichever rule fired
+                    evidence.setdefault("best_pgd_acc", max(c.pgd for c in same))
+                    evidence.setdefault("pgd_drop", evidence["best_pgd_acc"] - cur.pgd)
+                evidence.update({"eps": cur.eps, **{f"signal/{k}": v for k, v in cur.signals.items()}})
+                return evidence, rule, False
+        return None, None, all(rule.healthy(history) for rule in self.co_rules)
 
     def check(self, trainer: "Trainer") -> Check:
         """Run one check, decide, act; returns the check."""
@@ -163,29 +242,25 @@ class OverfitMonitor(Callback):
         decided = None
         if trainer.dist.is_main:  # distributed: measured and decided once, on rank 0, and broadcast
             chk = self._new_check(trainer)
-            decided = (chk, detect_catastrophic([*self.checks, chk], self.co))
-        self._signals = {}
-        chk, evidence = broadcast_object(decided)
+            evidence, rule, healthy = self.decide([*self.checks, chk])
+            decided = (chk, evidence, rule.message(evidence) if rule is not None else "", healthy)
+        self._signals, self._seen = {}, set()
+        chk, evidence, message, healthy = broadcast_object(decided)
         signals = chk.signals
         self.checks.append(chk)
         self.check_seconds += time.perf_counter() - t0
         trainer.emit({"kind": "monitor_check", "eps": chk.eps, "clean_acc": chk.clean, "fgsm_acc": chk.fgsm, "pgd_acc": chk.pgd,
-                      **{f"signal/{k}": v for k, v in signals.items()}, "check_seconds": time.perf_counter() - t0})
+                      **{f"signal/{k}": v for k, v in signals.items()}, "healthy": float(healthy),
+                      "check_seconds": time.perf_counter() - t0})
         if evidence is None:
             self.co_active = False
-            if self.action == "rollback":
+            if self.action == "rollback" and healthy:
                 self._take_snapshot(trainer)
             return chk
         if self.co_active:  # already declared (warn): one event per episode, not one per check
             return chk
         self.co_active = self.action == "warn"
-        if evidence["rule"] == "pgd_drop":
-            what = f"PGD accuracy on the held-out check batch fell from {evidence['best_pgd_acc']:.3f} to "
-        else:
-            what = f"FGSM accuracy exceeds PGD accuracy on the held-out check batch by {evidence['fgsm_pgd_gap']:.3f}; PGD accuracy is "
-        self._declare(trainer, "catastrophic_overfitting", evidence,
-                      f"catastrophic overfitting: {what}{evidence['pgd_acc']:.3f} while FGSM accuracy is "
-                      f"{evidence['fgsm_acc']:.3f} and clean accuracy {evidence['clean_acc']:.3f}")
+        self._declare(trainer, "catastrophic_overfitting", evidence, message)
         if self.action == "stop":
             trainer.should_stop = True
         elif self.action == "rollback":
@@ -249,13 +324,14 @@ class OverfitMonitor(Callback):
         return {
             "checks": [c.as_dict() for c in self.checks], "val_robust": list(self.val_robust),
             "events": list(self.events), "rollbacks": self.rollbacks, "applied": list(self.applied),
-            "ro_declared": self.ro_declared, "co_active": self.co_active, "snapshot": self.snapshot, "check_seconds": self.check_seconds,
+            "val_lr": list(self.val_lr), "ro_declared": self.ro_declared, "co_active": self.co_active, "snapshot": self.snapshot, "check_seconds": self.check_seconds,
             "signals": {k: list(v) for k, v in self._signals.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.checks = [Check(**c) for c in state["checks"]]
         self.val_robust = list(state["val_robust"])
+        self.val_lr = list(state.get("val_lr", []))  # absent in checkpoints written before the schedule-aware rules
         self.events = list(state["events"])
         self.rollbacks = int(state["rollbacks"])
         self.applied = list(state["applied"])

@@ -3,6 +3,9 @@
 Catastrophic overfitting (CO, Wong et al. 2020): robust accuracy under a multi-step attack collapses within a
 few iterations while clean (or single-step) accuracy does not; the widening FGSM-vs-PGD gap is its signature.
 Robust overfitting (RO, Rice et al. 2020): validation robust accuracy peaks and then stays below its best.
+
+The rules themselves are registered objects in :mod:`.monitor_rules` (one file each, with their statistics); the
+functions here are the original entry points, kept for scripted histories and old callers.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ class Check:
     pgd: float
     signals: dict[str, float] = field(default_factory=dict)
     eps: float = 0.0  # the radius the check attacked with (changes during an ε warm-up)
+    n: int | None = None  # images in the check batch (None: unknown; the rules then use their floors alone)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,38 +53,47 @@ class ROThresholds:
     min_epochs: int = 1
 
 
+def co_rules(th: COThresholds = COThresholds(), false_alarm: float = 0.01, horizon: int = 100,
+             healthy_gap: float = 0.2) -> list:
+    """The catastrophic-overfitting rules of ``th``: pgd_drop, then fgsm_pgd_gap (unless ``th.gap`` is None)."""
+    from .monitor_rules import build_rule
+
+    rules = [build_rule({"name": "pgd_drop", "drop": th.drop, "stable": th.stable, "false_alarm": false_alarm,
+                         "horizon": horizon})]
+    if th.gap is not None:
+        rules.append(build_rule({"name": "fgsm_pgd_gap", "gap": th.gap, "healthy_gap": healthy_gap,
+                                 "false_alarm": false_alarm, "horizon": horizon}))
+    return rules
+
+
 def detect_catastrophic(history: Sequence[Check], th: COThresholds = COThresholds()) -> dict[str, Any] | None:
     """The evidence of CO at the last check of ``history`` (with the rule that fired), or None.
 
     The drop rule compares with earlier checks at the same radius only, so an ε warm-up (robust accuracy
-    falls as the radius grows) is not mistaken for a collapse; the gap rule needs no history."""
+    falls as the radius grows) is not mistaken for a collapse; the gap rule needs no history. Checks that carry
+    their set size ``n`` get the statistical thresholds of :mod:`.monitor_rules`; others the floors in ``th``."""
+    from .monitor_rules import History
+
     if not history:
         return None
     cur = history[-1]
-    signals = {"eps": cur.eps, **{f"signal/{k}": v for k, v in cur.signals.items()}}
-    past = [c for c in history[:-1] if c.eps == cur.eps]  # running bests at the same radius only
-    if past:
-        best_pgd = max(c.pgd for c in past)
-        clean_drop = max(c.clean for c in past) - cur.clean
-        fgsm_drop = max(c.fgsm for c in past) - cur.fgsm
-        if best_pgd - cur.pgd > th.drop and (clean_drop <= th.stable or fgsm_drop <= th.stable):
-            return {"rule": "pgd_drop", "pgd_acc": cur.pgd, "best_pgd_acc": best_pgd, "pgd_drop": best_pgd - cur.pgd,
-                    "clean_acc": cur.clean, "clean_drop": clean_drop, "fgsm_acc": cur.fgsm, "fgsm_drop": fgsm_drop,
-                    "fgsm_pgd_gap": cur.fgsm - cur.pgd, **signals}
-    if th.gap is not None and cur.fgsm - cur.pgd > th.gap:
-        return {"rule": "fgsm_pgd_gap", "pgd_acc": cur.pgd, "fgsm_acc": cur.fgsm, "clean_acc": cur.clean,
-                "fgsm_pgd_gap": cur.fgsm - cur.pgd, **signals}
+    hist = History(checks=list(history))
+    for rule in co_rules(th):
+        evidence = rule(hist)
+        if evidence is not None:
+            return {**evidence, "eps": cur.eps, **{f"signal/{k}": v for k, v in cur.signals.items()}}
     return None
 
 
 def detect_robust_overfitting(values: Sequence[float], th: ROThresholds = ROThresholds()) -> dict[str, Any] | None:
-    """The evidence of RO in a per-epoch validation robust-accuracy series, or None."""
-    if len(values) < max(th.min_epochs, th.patience + 1):
-        return None
-    best_idx = max(range(len(values)), key=lambda i: (values[i], -i))  # first epoch reaching the best
-    best = values[best_idx]
-    recent = values[-th.patience:]
-    if best_idx < len(values) - th.patience and all(v < best - th.margin for v in recent):
-        return {"best_val_robust_acc": best, "best_epoch": best_idx + 1, "val_robust_acc": values[-1],
-                "gap": best - values[-1], "epochs_below": th.patience}
-    return None
+    """The evidence of RO in a per-epoch validation robust-accuracy series by the original margin rule (no
+    statistics, no schedule; :class:`~.monitor_rules.robust_overfitting.RobustOverfitting` is the monitor's
+    default), or None."""
+    from .monitor_rules import History, build_rule
+
+    rule = build_rule({"name": "robust_overfitting_margin", "margin": th.margin, "patience": th.patience,
+                       "min_epochs": th.min_epochs})
+    evidence = rule(History(val_robust=list(values)))
+    if evidence is not None:
+        evidence.pop("rule")
+    return evidence
