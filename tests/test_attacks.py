@@ -313,3 +313,26 @@ def test_update_bn_stats_restores_the_model_when_it_raises(digits):
     h.remove()
     after = snapshot(model)
     assert after["modes"] == before["modes"] and after["req"] == before["req"] and after["track"] == before["track"]
+
+
+def test_clip_init_false_is_wong_mnist_fgsm(digits):
+    """locuslab/fast_adversarial MNIST/train_mnist.py: delta ~ U(-ε, ε) NOT clipped to the box before the gradient,
+    then clamp(delta + α·sign(g), -ε, ε) and the box clip; it changes the attack (hence the weights)."""
+    model = make_digits_model()
+    x, y = digits_batch(digits[0], 32)
+    eps, alpha = 0.3, 0.375
+    wong = build_attack("fgsm_rs", make_threat("linf", eps), step=alpha, bn_mode="train", clip_init=False)
+    r = wong(model, x, y, generator=torch.Generator().manual_seed(1))
+    d0 = torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) * (2 * eps) - eps  # the same draw
+    assert torch.allclose(r.x_init, x + d0, atol=1e-6)
+    assert (r.x_init < 0).any() or (r.x_init > 1).any()  # the gradient is taken outside the box
+    d = d0.clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(model(x + d), y).backward()
+    expected = torch.max(torch.min(1 - x, (d0 + alpha * d.grad.sign()).clamp(-eps, eps)), -x)
+    torch.testing.assert_close(r.delta, expected, atol=1e-6, rtol=0)
+    assert ((r.x_adv >= 0) & (r.x_adv <= 1)).all() and r.delta.abs().max() <= eps + 1e-6
+    clipped = build_attack("fgsm_rs", make_threat("linf", eps), step=alpha, bn_mode="train")
+    r2 = clipped(model, x, y, generator=torch.Generator().manual_seed(1))
+    assert not torch.equal(r2.x_adv, r.x_adv)  # the box-clipped start gives another attack
+    with pytest.raises(ConfigError, match="clip_init"):
+        build_attack("fgsm_rs", make_threat("linf", eps), clip=False, clip_init=True)

@@ -33,6 +33,11 @@ class FGSM(Attack):
             1 = FGSM-RS, k = N-FGSM).
         project: project onto the ε-ball after the step (N-FGSM does not).
         clip: clip the random start and the result to the [0,1] box (default true; false leaves the box, see above).
+        clip_init: clip the random start to the box before the gradient is taken (default: as ``clip``).
+            ``clip_init: false`` with ``clip: true`` is Wong et al.'s MNIST FGSM (locuslab/fast_adversarial
+            MNIST/train_mnist.py@54f7287: ``delta.uniform_(-ε, ε)``, gradient at ``X + delta`` unclipped, then
+            ``clamp(delta + α·sign(g), -ε, ε)`` and the box clip): the gradient is taken at a point that may lie
+            outside [0,1] (``x_init`` too), the result is in the box. Their CIFAR-10 script clips the start first.
         **kwargs: ``loss_fn``, ``bn_mode``, ``amp_dtype``, ``compile`` of :class:`Attack`.
     """
 
@@ -49,9 +54,14 @@ class FGSM(Attack):
         init_scale: float | None = None,
         project: bool | None = None,
         clip: bool = True,
+        clip_init: bool | None = None,
         **kwargs,
     ):
         super().__init__(threat, **kwargs)
+        self.clip_init = bool(clip) if clip_init is None else bool(clip_init)
+        if self.clip_init and not clip:
+            raise ConfigError(f"{self.name}: clip_init: true with clip: false is not an attack of any official code; "
+                              "clip: false leaves the box everywhere (ELLE), clip_init: false only at the start (Wong MNIST).")
         self.step = float(self.default_step_ratio * threat.eps if step is None else step)
         self.init_scale = float(self.default_init_scale if init_scale is None else init_scale)
         self.project = self.default_project if project is None else bool(project)
@@ -76,7 +86,7 @@ class FGSM(Attack):
     def run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> AttackResult:
         if self.init_scale <= 0:
             delta0 = torch.zeros_like(x, dtype=torch.float32)
-        elif self.clip:
+        elif self.clip_init:
             delta0 = kernels.random_start(self.threat, x, generator, scale=self.init_scale)
         else:  # uniform in the ball, not clipped to the box (the PyTorch draw, also on CUDA)
             delta0 = self.threat.sample_ball(x, self.init_scale * self.threat.eps, generator)
