@@ -43,6 +43,9 @@ API:
     ``U[-radius, radius]`` drawn as robustrain's L∞ ball sampler draws it (``torch.rand`` from the generator, then
     ``u·2r − r``): the same numbers the official ``delta.uniform_(-ε, ε)`` stands for.
 
+``box(x, delta)``
+    The box clip of δ with robustrain's float rounding (see its docstring for why rounding must agree).
+
 ``max_rel_diff(a_state, b_state, keys=None) -> (value, key)``
     ``max over tensors t of max|a_t − b_t| / max|b_t|`` (``b`` = the reference; a tensor whose reference is all zero
     uses the absolute difference), over floating tensors; integer buffers (``num_batches_tracked``) must be equal
@@ -52,6 +55,9 @@ API:
     The case's result: ``weights`` (parameters) and ``buffers`` (BatchNorm running statistics and counters) relative
     differences. ``buffers_by_design``: a sentence when the official loop's extra forward passes update the
     BatchNorm statistics in a way robustrain does not reproduce (then the buffers are reported, not asserted).
+
+``recipe_hint(condition, text)``
+    ``text`` when ``condition`` is false (a recipe setting the official loop needs), for ``compare(hints=...)``.
 
 ``assert_parity(result)``
     Fails, with the worst tensor named, when ``weights > TOL`` (or ``buffers > TOL`` unless excused).
@@ -93,6 +99,10 @@ class ParityUnsupported(AssertionError):
 
 class DataUnavailable(RuntimeError):
     """The data a case needs is not on this machine (the test skips)."""
+
+
+def recipe_hint(condition: Any, text: str) -> str:
+    return "" if condition else text
 
 
 def require(condition: Any, why: str) -> None:
@@ -287,6 +297,14 @@ def uniform(like: Tensor, radius: float, generator: torch.Generator) -> Tensor:
     return u * (2 * radius) - radius
 
 
+def box(x: Tensor, delta: Tensor) -> Tensor:
+    """δ clipped so that x + δ lies in [0, 1], computed as ``(x + δ).clamp(0, 1) − x``: robustrain's float rounding
+    of the clip the official scripts write as ``clamp(δ, −x, 1 − x)`` (in normalised units for Wong / N-FGSM).
+    The two differ by one rounding; a single-step attack's sign(∇) turns such a difference into a different pixel,
+    and at lr 0.2 a width-4 network amplifies it to 1e-2 in four steps, so parity needs bit-identical inputs."""
+    return (x + delta).clamp(0.0, 1.0) - x
+
+
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     for group in opt.param_groups:
         group["lr"] = lr
@@ -384,13 +402,15 @@ def optimizer_schedule(opt: torch.optim.Optimizer) -> tuple[float, float | None]
 
 
 def compare(case: Case, ours: RobustrainRun, ref_model: nn.Module, *, ref_schedule: Sequence | None = None,
-            extra: dict[str, Any] | None = None, buffers_by_design: str | None = None) -> CaseResult:
+            extra: dict[str, Any] | None = None, buffers_by_design: str | None = None,
+            hints: Sequence[str] = ()) -> CaseResult:
     """The result of a case: ``ref_schedule`` is the official loop's (lr, momentum) at every step (see
-    :func:`optimizer_schedule`), checked against robustrain's logs to say *why* weights differ."""
+    :func:`optimizer_schedule`), checked against robustrain's logs to say *why* weights differ; ``hints`` are
+    known recipe gaps (e.g. a missing option), shown when the comparison fails."""
     ref_state = {k: v.detach().clone() for k, v in ref_model.state_dict().items()}
     w, wk, b, bk = compare_states(ours.final_state, ref_state, ours.trainer.model)
     moved, _ = max_rel_diff(ours.final_state, ours.initial_state, [k for k, _ in ours.trainer.model.named_parameters()])
-    info = {"moved": moved, **(extra or {})}
+    info = {"moved": moved, "hints": [h for h in hints if h], **(extra or {})}
     if ref_schedule is not None:
         info["schedule"] = schedule_mismatch(ours.logs, ref_schedule)
     return CaseResult(case, ours.steps, w, wk, b, bk, buffers_by_design, info)
@@ -401,13 +421,14 @@ def assert_parity(result: CaseResult) -> None:
     assert result.extra.get("moved", 1.0) > 1e-3, (
         f"{result.case.recipe}: the weights barely moved ({result.extra.get('moved')}); the comparison says nothing")
     why = f"; schedule: {result.extra['schedule']}" if result.extra.get("schedule") else ""
+    why += "".join(f"; {h}" for h in result.extra.get("hints", []))
     assert result.weights <= TOL, (
         f"{result.case.recipe}: final weights differ from the official loop's by {result.weights:.3g} (relative, "
         f"worst tensor {result.weights_key}); tolerance {TOL}{why}")
     if result.buffers_by_design is None:
         assert result.buffers <= TOL, (
             f"{result.case.recipe}: BatchNorm buffers differ from the official loop's by {result.buffers:.3g} "
-            f"(worst {result.buffers_key}); tolerance {TOL}")
+            f"(worst {result.buffers_key}); tolerance {TOL}{why}")
 
 
 def load_cases() -> list[Case]:
