@@ -712,35 +712,62 @@ def test_trainer_run_through_the_config_logs_every_term_and_resumes_exactly(tmp_
 
 
 # -- recipes ---------------------------------------------------------------------------------------------
+ELLE_A = {"name": "elle_a", "lam_max": 4000, "decay": 0.99, "sensitivity": 2}
 PAPER = {  # recipe → (ε·255, attack name, attack step·255, project, regulariser options that must match the paper)
-    "cifar10_elle": (8, "fgsm", 8, False, [{"name": "elle", "lam": 1000}]),
-    "cifar10_elle_eps16": (16, "fgsm", 16, False, [{"name": "elle", "lam": 5000}]),
-    "cifar10_elle_a": (8, "fgsm", 8, False, [{"name": "elle_a", "lam_max": 4000, "decay": 0.99, "sensitivity": 2}]),
-    "cifar10_elle_a_eps16": (16, "fgsm", 16, False, [{"name": "elle_a", "lam_max": 4000}]),
-    "cifar10_nfgsm_elle_a": (8, "nfgsm", 8, False, [{"name": "elle_a", "lam_max": 4000}]),
-    "cifar10_nfgsm_elle_a_eps16": (16, "nfgsm", 16, False, [{"name": "elle_a", "lam_max": 4000}]),
+    "cifar10_elle": (8, "fgsm", 8, False, [{"name": "elle", "lam": 1000, "behaviour": "paper"}]),
+    "cifar10_elle_eps16": (16, "fgsm", 16, False, [{"name": "elle", "lam": 5000, "behaviour": "paper"}]),
+    "cifar10_elle_code": (8, "fgsm", 8, False, [{"name": "elle", "lam": 1000, "behaviour": "code"}]),
+    "cifar10_elle_code_eps16": (16, "fgsm", 16, False, [{"name": "elle", "lam": 5000, "behaviour": "code"}]),
+    "cifar10_elle_a": (8, "fgsm", 8, False, [{**ELLE_A, "behaviour": "paper"}]),
+    "cifar10_elle_a_eps16": (16, "fgsm", 16, False, [{**ELLE_A, "behaviour": "paper"}]),
+    "cifar10_elle_a_code": (8, "fgsm", 8, False, [{**ELLE_A, "behaviour": "code"}]),
+    "cifar10_elle_a_code_eps16": (16, "fgsm", 16, False, [{**ELLE_A, "behaviour": "code"}]),
+    "cifar10_nfgsm_elle_a": (8, "nfgsm", 8, False, [{**ELLE_A, "behaviour": "paper"}]),
+    "cifar10_nfgsm_elle_a_eps16": (16, "nfgsm", 16, False, [{**ELLE_A, "behaviour": "paper"}]),
+    "cifar10_nfgsm_elle_a_code": (8, "nfgsm", 8, False, [{**ELLE_A, "behaviour": "code"}]),
+    "cifar10_nfgsm_elle_a_code_eps16": (16, "nfgsm", 16, False, [{**ELLE_A, "behaviour": "code"}]),
     "cifar10_gradalign": (8, "fgsm", 10, True, [{"name": "gradalign", "lam": 0.2}]),
     "cifar10_gradalign_eps16": (16, "fgsm", 20, True, [{"name": "gradalign", "lam": 2.0}]),
-    "cifar10_aaer_rs": (8, "fgsm_rs", 10, True, [{"name": "aaer", "lam1": 1.0, "lam2": 2.5, "lam3": 1.5}]),
-    "cifar10_aaer_rs_eps16": (16, "fgsm_rs", 20, True, [{"name": "aaer", "lam2": 7.0, "lam3": 3.25}]),
-    "cifar10_aaer_n": (8, "nfgsm", 8, False, [{"name": "aaer", "lam2": 1.5, "lam3": 0.15}]),
-    "cifar10_aaer_n_eps16": (16, "nfgsm", 16, False, [{"name": "aaer", "lam2": 8.5, "lam3": 1.5}]),
+    "cifar10_aaer_rs": (8, "fgsm_rs", 10, True, [{"name": "aaer", "lam1": 1.0, "lam2": 2.5, "lam3": 1.5,
+                                                  "lam2_gradient": False}]),
+    "cifar10_aaer_rs_eps16": (16, "fgsm_rs", 20, True, [{"name": "aaer", "lam2": 7.0, "lam3": 3.25, "lam2_gradient": False}]),
+    "cifar10_aaer_n": (8, "nfgsm", 8, False, [{"name": "aaer", "lam2": 1.5, "lam3": 0.15, "lam2_gradient": False}]),
+    "cifar10_aaer_n_eps16": (16, "nfgsm", 16, False, [{"name": "aaer", "lam2": 8.5, "lam3": 1.5, "lam2_gradient": False}]),
     "cifar10_convergesmooth": (8, "fgsm_rs", 8, False, [{"name": "convergesmooth", "w2": 1.0, "gamma": 0.03,
-                                                        "segments": [0, 100, 105, 110], "stride": 1},
+                                                        "segments": [0, 100, 105, 110], "stride": 1, "benign": "clean"},
                                                        {"name": "weight_centralisation", "w3": 0.1}]),
-    "cifar10_convergesmooth_eps16": (16, "fgsm_rs", 16, False, [{"name": "convergesmooth", "w2": 1.0},
+    "cifar10_convergesmooth_eps16": (16, "fgsm_rs", 16, False, [{"name": "convergesmooth", "w2": 1.0, "benign": "clean"},
                                                                {"name": "weight_centralisation", "w3": 0.1}]),
+    "cifar10_convergesmooth_code": (8, "fgsm_rs", 8, False, [{"name": "convergesmooth", "w2": 1.0, "gamma": 0.03,
+                                                             "segments": [0, 100, 105, 110], "stride": 1,
+                                                             "benign": "init", "signed_d": True}]),
+    "cifar10_convergesmooth_code_eps16": (16, "fgsm_rs", 16, False, [{"name": "convergesmooth", "benign": "init",
+                                                                     "signed_d": True}]),
 }
+RAW_INPUTS = ("elle", "gradalign", "convergesmooth")  # official code without a mean/std layer
 
 
 @pytest.mark.parametrize("recipe", sorted(PAPER))
 def test_cifar10_recipes_have_the_paper_settings(recipe):
     eps, attack, step, project, regs = PAPER[recipe]
-    cfg = load_config(ROOT / "configs" / f"{recipe}.yaml")
+    path = ROOT / "configs" / f"{recipe}.yaml"
+    cfg = load_config(path)
     assert cfg.threat.eps == pytest.approx(eps / 255) and cfg.model.name == "preact_resnet18"
     assert cfg.attack["name"] == attack and cfg.attack["step"] == pytest.approx(step / 255)
     assert cfg.attack.get("project", attack != "nfgsm") is project
     assert cfg.attack.get("init_scale", 2.0 if attack == "nfgsm" else None) == (2.0 if attack == "nfgsm" else None)
+    # every one of these official loops runs its training attack on the model in train mode (BN statistics move)
+    assert cfg.attack["bn_mode"] == "train" and cfg.attack["update_bn_stats"] is True
+    assert cfg.model.normalise is not any(m in recipe for m in RAW_INPUTS)
+    # the box-leaving FGSM belongs to the ELLE code-behaviour recipes only
+    assert cfg.attack.get("clip", True) is not ("elle" in recipe and "_code" in recipe)
+    # the PGD-50-10 step: ε/4 where the official evaluation scripts use it (ELLE, AAER, GradAlign), 2/255 for
+    # ConvergeSmooth (its test.py uses α = 2/255 at every ε)
+    eval_step = 2 / 255 if "convergesmooth" in recipe else cfg.threat.eps / 4
+    assert cfg.eval.attack["step"] == pytest.approx(eval_step) and cfg.eval.attack["steps"] == 50
+    # the header says which behaviour it follows
+    head = path.read_text().split("\nname:")[0]
+    assert "behaviour" in head.lower() and ("behaviour: code" in head.lower()) == ("_code" in recipe)
     assert len(cfg.regularisers) == len(regs)
     for got, want in zip(cfg.regularisers, regs):
         assert {k: got.get(k) for k in want} == want
@@ -752,9 +779,20 @@ def test_cifar10_recipes_have_the_paper_settings(recipe):
         if section["name"] == "aaer":
             default = AAER(threat, variant=section["variant"])
             assert (term.lam2, term.lam3) == (default.lam2, default.lam3)
+        if section["name"] in ("elle", "elle_a"):
+            assert term.optimizer_steps == (2 if "_code" in recipe else 1)
     if "convergesmooth" in recipe:
         assert cfg.schedule.milestones == [100, 105] and cfg.train.epochs == 110 and cfg.optim.lr == 0.1
         assert cfg.train.label_smoothing == pytest.approx(4 / 9)  # 0.6 on the true class, as the official code
     else:
-        assert cfg.train.epochs == 30 and cfg.schedule.name == "cyclic"
+        assert cfg.train.epochs == 30
+        assert cfg.schedule.name == ("interp" if "gradalign" in recipe else "cyclic")  # GradAlign: np.interp by hand
         assert cfg.optim.lr == (0.3 if "gradalign" in recipe else 0.2)
+
+
+@pytest.mark.parametrize("recipe", ["cifar10_lap_zero", "cifar10_lap_rs", "cifar10_lap_nfgsm", "cifar10_lap_zero_eps16",
+                                    "cifar10_lap_rs_eps16", "cifar10_lap_nfgsm_eps16"])
+def test_lap_recipes_evaluate_with_step_eps_over_4_and_update_bn_statistics(recipe):
+    cfg = load_config(ROOT / "configs" / f"{recipe}.yaml")
+    assert cfg.eval.attack["step"] == pytest.approx(cfg.threat.eps / 4)  # CIFAR10/utils.py evaluate_pgd: ε/4
+    assert cfg.attack["update_bn_stats"] is True and cfg.attack.get("clip", True) is True
