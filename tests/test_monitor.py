@@ -434,6 +434,34 @@ def test_rollback_skips_a_check_that_passed_inside_the_collapse(tmp_path):
     assert any(not torch.equal(saved[4][k], saved[6][k]) for k in saved[4])
 
 
+def test_monitor_eval_reads_the_official_log_format_and_the_stored_curve():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("monitor_eval", ROOT / "scripts" / "monitor_eval.py")
+    me = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(me)
+    log = ("[2020/01/26 15:44:46] - Epoch \t Train Time \t Test Time \t LR\n"
+           "[2020/01/26 15:48:23] - 0 \t 178.1 \t \t 35.1 \t \t 0.1000 \t 1.9980 \t 0.2667 \t 2.1746 \t \t 0.1930 "
+           "\t \t 1.8033 \t 0.3498 \t 1.9983 \t \t 0.2602\n"
+           "[2020/01/26 15:48:23] - validation 1.8224 \t 0.3580 \t 2.0133 \t 0.2670\n")
+    (row,) = me.parse_rice_log(log)
+    assert row["epoch"] == 1 and row["lr"] == 0.1 and row["test_robust_acc"] == 0.2602 and row["val_robust_acc"] == 0.267
+    curve, source = me.load_curve(me.CURVE)
+    assert "locuslab/robust_overfitting" in source and len(curve["epoch"]) == 200
+    assert first_decay(curve["lr"]) == 100
+    assert max(range(200), key=lambda i: curve["val_robust_acc"][i]) + 1 == 103  # the peak the issue names
+    # the old margin rule fires at epoch 145 on the recorded curve (issue 15), and the replay's one-pass reading of the
+    # default rule agrees with calling it after every epoch
+    old = build_rule("robust_overfitting_margin")
+    hist = History(val_robust=curve["val_robust_acc"], lr=curve["lr"], n_val=1000, epochs=200)
+    assert me.first_declaration(old, hist) == 145
+    new = build_rule({"name": "robust_overfitting", "window": 10}, false_alarm=0.01)
+    first = me.first_declaration(new, hist)
+    calls = next(k for k in range(1, 201) if new(History(val_robust=hist.val_robust[:k], lr=hist.lr[:k], n_val=1000,
+                                                          epochs=200)) is not None)
+    assert first == calls and first > 100
+
+
 # -- integration on real data ---------------------------------------------------------------------------
 
 
