@@ -332,3 +332,21 @@ def test_distributed_ranks_hold_the_single_process_buffer(tmp_path):
         for k, v in single.model.state_dict().items():
             assert torch.allclose(r["model"][k], v, atol=1e-4), k
     (tmp_path / "done.json").write_text(json.dumps({"ok": True}))
+
+
+def test_recipe_follows_the_official_script():
+    """configs/cifar10_convergesmooth_mep.yaml: FGSM_MEP_CS.py's defaults (ε = α = 16/255, momentum decay 0.3, reset
+    every 40 epochs, label smoothing 0.6, unclipped start, BN statistics updated by the attack, clean benign point)."""
+    from robustrain.experiment import build_attack_from
+
+    cfg = load_config(ROOT / "configs" / "cifar10_convergesmooth_mep.yaml")
+    a = cfg.attack
+    assert a["name"] == "fgsm_mep" and cfg.threat.eps == pytest.approx(16 / 255) and a["step"] == pytest.approx(16 / 255)
+    assert a["momentum_decay"] == 0.3 and a["reset_every"] == 40 and a["clip_init"] is False
+    assert a["label_smoothing"] == pytest.approx(4 / 9) and cfg.train.label_smoothing == pytest.approx(4 / 9)
+    assert a["bn_mode"] == "train" and a["update_bn_stats"] is True and cfg.model.normalise is False
+    (cs,) = cfg.regularisers
+    assert cs["name"] == "convergesmooth" and cs["benign"] == "clean" and cs["segments"] == [0, 100, 105, 110]
+    assert cfg.train.epochs == 110 and cfg.schedule.milestones == [100, 105] and cfg.optim.lr == 0.1
+    attack = build_attack_from(a, make_threat("linf", cfg.threat.eps), default_bn="train")
+    assert isinstance(attack, FGSMMEP) and attack.update_bn_stats and not attack.in_box
