@@ -211,12 +211,15 @@ def pct(x: float) -> str:
 
 
 def write_replay_report(args, results, real, stated, source, decay, peak, target, flat_level, epochs, seconds) -> None:
+    out = args.out.resolve()
+    out = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
     command = (f"python scripts/monitor_eval.py replay --runs {args.runs} --n {' '.join(map(str, args.n))} "
-               f"--truth {args.truth} --seed {args.seed} --out {args.out}")
+               f"--truth {args.truth} --seed {args.seed} --out {out}")
     lines = [
         "# The overfitting monitor's robust-overfitting rules, replayed on Rice et al.'s CIFAR-10 curve",
         "",
-        f"commit: {git_commit()} · command: `{command}` ({seconds:.0f} s on CPU) · curve: "
+        f"commit: {git_commit()} (\"-dirty\": other helpers' uncommitted work in the tree; the rules are those of this "
+        f"commit) · command: `{command}` ({seconds:.0f} s on a shared 2-core CPU) · curve: "
         f"`{args.curve.relative_to(ROOT)}` (from {source})",
         "",
         f"Truth: the robust accuracy of each epoch's model on the 10,000 CIFAR-10 test images (the `{args.truth}` "
