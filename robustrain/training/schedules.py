@@ -86,6 +86,8 @@ def parse_factor(value: Any, where: str) -> float | Fraction:
     """A ``multistep`` factor: a number (multiplies) or an ``"a/b"`` string (``lr * a / b``)."""
     if isinstance(value, bool):
         raise ConfigError(f"{where}: expected a number or a fraction string such as '1/10', got {value!r}.")
+    if isinstance(value, Fraction):  # already parsed (LRSchedule.resolve re-runs __post_init__)
+        return value
     if isinstance(value, (int, float)):
         return float(value)
     if isinstance(value, str):
