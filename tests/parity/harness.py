@@ -60,7 +60,8 @@ API:
     ``text`` when ``condition`` is false (a recipe setting the official loop needs), for ``compare(hints=...)``.
 
 ``assert_parity(result)``
-    Fails, with the worst tensor named, when ``weights > TOL`` (or ``buffers > TOL`` unless excused).
+    Fails, with the worst tensor named, when ``weights > TOL`` or ``buffers > TOL``; a buffer difference declared
+    ``buffers_by_design`` must vanish in the ``aligned_model`` run (the official loop without those forwards).
 
 ``require(condition, why)``
     Inside ``run``: raises ``ParityUnsupported(why)`` (the test fails with that message, the table says why) when
@@ -403,16 +404,24 @@ def optimizer_schedule(opt: torch.optim.Optimizer) -> tuple[float, float | None]
 
 def compare(case: Case, ours: RobustrainRun, ref_model: nn.Module, *, ref_schedule: Sequence | None = None,
             extra: dict[str, Any] | None = None, buffers_by_design: str | None = None,
-            hints: Sequence[str] = ()) -> CaseResult:
+            aligned_model: nn.Module | None = None, hints: Sequence[str] = ()) -> CaseResult:
     """The result of a case: ``ref_schedule`` is the official loop's (lr, momentum) at every step (see
     :func:`optimizer_schedule`), checked against robustrain's logs to say *why* weights differ; ``hints`` are
-    known recipe gaps (e.g. a missing option), shown when the comparison fails."""
+    known recipe gaps (e.g. a missing option), shown when the comparison fails. With ``buffers_by_design``, pass
+    ``aligned_model``: the official loop run again without the forwards robustrain does not repeat; its weights and
+    buffers must then agree with robustrain's (this proves that the by-design difference is the only one)."""
     ref_state = {k: v.detach().clone() for k, v in ref_model.state_dict().items()}
     w, wk, b, bk = compare_states(ours.final_state, ref_state, ours.trainer.model)
     moved, _ = max_rel_diff(ours.final_state, ours.initial_state, [k for k, _ in ours.trainer.model.named_parameters()])
     info = {"moved": moved, "hints": [h for h in hints if h], **(extra or {})}
     if ref_schedule is not None:
         info["schedule"] = schedule_mismatch(ours.logs, ref_schedule)
+    if aligned_model is not None:
+        aw, awk, ab, abk = compare_states(ours.final_state, aligned_model.state_dict(), ours.trainer.model)
+        info["aligned"] = {"weights": aw, "weights_key": awk, "buffers": ab, "buffers_key": abk}
+    if buffers_by_design is not None:
+        run_stats = [k for k in ref_state if k.endswith(("running_mean", "running_var"))]
+        info["running_stats"] = max_rel_diff(ours.final_state, ref_state, run_stats)[0] if run_stats else 0.0
     return CaseResult(case, ours.steps, w, wk, b, bk, buffers_by_design, info)
 
 
@@ -425,7 +434,14 @@ def assert_parity(result: CaseResult) -> None:
     assert result.weights <= TOL, (
         f"{result.case.recipe}: final weights differ from the official loop's by {result.weights:.3g} (relative, "
         f"worst tensor {result.weights_key}); tolerance {TOL}{why}")
-    if result.buffers_by_design is None:
+    aligned = result.extra.get("aligned")
+    if result.buffers_by_design is not None:
+        assert aligned is not None, f"{result.case.recipe}: a by-design buffer difference needs the aligned reference run"
+        assert aligned["weights"] <= TOL and aligned["buffers"] <= TOL, (
+            f"{result.case.recipe}: without the official loop's extra forwards the reference still differs (weights "
+            f"{aligned['weights']:.3g} at {aligned['weights_key']}, buffers {aligned['buffers']:.3g} at "
+            f"{aligned['buffers_key']}): the by-design explanation is not the whole difference{why}")
+    else:
         assert result.buffers <= TOL, (
             f"{result.case.recipe}: BatchNorm buffers differ from the official loop's by {result.buffers:.3g} "
             f"(worst {result.buffers_key}); tolerance {TOL}{why}")
