@@ -373,6 +373,34 @@ def test_calibrated_z_is_deterministic_and_grows_with_the_horizon():
     assert calibrated_z(10, 1, 0.05, 100) < calibrated_z(10, 1, 0.01, 100)
 
 
+@pytest.mark.parametrize("schedule,arm", [("{name: multistep, milestones: [3], gamma: 0.1}", 3),
+                                          ("{name: cyclic, peak: 0.4}", 7), ("{name: constant}", 0)])
+def test_the_monitor_reads_the_first_decay_from_the_schedule(tmp_path, schedule, arm):
+    """multistep: the milestone; cyclic (up 40 % of the run, then down): where the lr is back to half its peak
+    (epoch 0.4·10 + 0.6·10/2 = 7); constant: never decays, watched from the start."""
+    trainer, mon = tiny_trainer(tmp_path, "train.epochs=10", f"schedule={schedule}")
+    mon.on_fit_start(trainer)
+    assert mon.arm_epoch == arm and mon.epochs == 10
+
+
+def test_robust_overfitting_is_declared_through_the_callback_after_the_decay(tmp_path):
+    trainer, mon = tiny_trainer(tmp_path, "train.epochs=40", "schedule={name: multistep, milestones: [20], gamma: 0.1}",
+                                "monitor.action=stop")
+    mon.on_fit_start(trainer)
+    assert mon.arm_epoch == 20 and mon.n_val == 200
+    rule = next(r for r in mon.ro_rules if r.name == "robust_overfitting")
+    assert rule.window == 2  # 40 epochs / 20
+    series = [0.4] * 12 + [0.15] * 8 + [0.6] * 4 + [0.6 - 0.1 * k for k in range(1, 17)]  # a deep dip before the decay
+    declared = None
+    for epoch, v in enumerate(series, start=1):
+        mon.on_validation_end(trainer, {"val_robust_acc": v, "lr": 0.1 if epoch < 20 else 0.01})
+        if mon.ro_declared and declared is None:
+            declared = epoch
+    assert declared is not None and declared > 24 and trainer.should_stop
+    (event,) = [e for e in mon.events if e["kind"] == "robust_overfitting"]
+    assert event["watched_after_epoch"] == 20 and "robust overfitting" in event["message"]
+
+
 def co_history(series, n):
     return [Check(step=i, epoch=0, clean=c, fgsm=f, pgd=p, n=n) for i, (c, f, p) in enumerate(series)]
 

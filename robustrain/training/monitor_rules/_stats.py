@@ -87,14 +87,17 @@ def calibrated_z(window: int, patience: int, false_alarm: float, horizon: int, r
         raise ValueError(f"false_alarm must be in (0, 1), got {false_alarm}")
     horizon = max(int(horizon), 2 * window + patience)
     gen = torch.Generator().manual_seed(20200126)  # the day Rice et al.'s validation run started
-    x = torch.randn(runs, horizon, generator=gen, dtype=torch.float64)
-    m = x.unfold(1, window, 1).mean(-1)                       # (runs, horizon - window + 1) window means
-    best = m[:, : m.shape[1] - window].cummax(dim=1).values    # best window ending at least `window` earlier
-    d = (best - m[:, window:]) / math.sqrt(2.0 / window)       # in units of the difference's standard error
-    if patience > 1:
-        d = d.unfold(1, patience, 1).min(-1).values             # fires only if `patience` in a row exceed z
-    worst = d.max(dim=1).values
-    return float(torch.quantile(worst, 1.0 - false_alarm))
+    chunk = max(1, min(runs, 4_000_000 // horizon))  # bounded memory for long runs (many checks)
+    worst = []
+    for start in range(0, runs, chunk):
+        x = torch.randn(min(chunk, runs - start), horizon, generator=gen, dtype=torch.float64)
+        m = x.unfold(1, window, 1).mean(-1)                       # (runs, horizon - window + 1) window means
+        best = m[:, : m.shape[1] - window].cummax(dim=1).values    # best window ending at least `window` earlier
+        d = (best - m[:, window:]) / math.sqrt(2.0 / window)       # in units of the difference's standard error
+        if patience > 1:
+            d = d.unfold(1, patience, 1).min(-1).values             # fires only if `patience` in a row exceed z
+        worst.append(d.max(dim=1).values)
+    return float(torch.quantile(torch.cat(worst), 1.0 - false_alarm))
 
 
 def first_decay(lrs: Sequence[float], fraction: float = 0.5) -> int | None:
@@ -104,6 +107,6 @@ def first_decay(lrs: Sequence[float], fraction: float = 0.5) -> int | None:
     top = 0.0
     for i, lr in enumerate(lrs):
         top = max(top, lr)
-        if top > 0 and lr <= fraction * top:
+        if top > 0 and lr <= fraction * top * (1 + 1e-9):  # (1 + 1e-9): exactly half, up to rounding
             return i + 1
     return None
