@@ -167,7 +167,9 @@ def test_trades_recipe_has_the_paper_settings():
     assert cfg.attack["name"] == "trades" and cfg.attack["loss"] == "kl" and cfg.attack["steps"] == 10
     assert cfg.attack["step"] == pytest.approx(0.007) and cfg.threat.eps == pytest.approx(0.031)
     assert cfg.attack["bn_mode"] == "eval" and cfg.attack["init_std"] == pytest.approx(0.001)
-    assert cfg.optim.weight_decay == pytest.approx(2e-4) and cfg.train.epochs == 76 and cfg.schedule.milestones == [75]
+    assert cfg.optim.weight_decay == pytest.approx(2e-4) and cfg.train.epochs == 76
+    # adjust_learning_rate counts epochs from 1: `if epoch >= 75` decays from the 0-based epoch 74
+    assert cfg.schedule.milestones[0] == 75 and cfg.schedule.count_from == 1 and cfg.model.normalise is False
 
 
 @pytest.mark.parametrize("objective, loss, perturbation", [

@@ -396,7 +396,7 @@ def test_lap_layer_norms_and_directions(data, behaviour):
 RECIPES = {  # recipe → (weight perturbation options that must match the paper, attack name, ε·255)
     "cifar10_pgd_at_awp": ({"name": "awp", "gamma": 0.01, "warmup_epochs": 0}, "pgd", 8),
     "cifar10_pgd_at_rwp": ({"name": "rwp", "gamma": 0.01, "c_min": 1.7, "steps": 10}, "pgd", 8),
-    "cifar10_trades_awp": ({"name": "awp", "gamma": 0.005, "warmup_epochs": 10}, "trades", 8),
+    "cifar10_trades_awp": ({"name": "awp", "gamma": 0.005, "warmup_epochs": 9}, "trades", 8),  # --awp-warmup 10, epochs from 1
     "cifar10_lap_zero": ({"name": "lap", "variant": "fgsm", "beta": 0.03, "gamma": 0.3}, "fgsm", 8),
     "cifar10_lap_rs": ({"name": "lap", "variant": "fgsm_rs", "beta": 0.002, "gamma": 0.3}, "fgsm_rs", 8),
     "cifar10_lap_nfgsm": ({"name": "lap", "variant": "nfgsm", "beta": 0.001, "gamma": 0.3}, "nfgsm", 8),
