@@ -454,6 +454,7 @@ def _check_schedule(cfg: Config) -> None:
 
     s = cfg.schedule
     milestones = [parse_number(m, f"schedule.milestones[{i}]") for i, m in enumerate(s.milestones)]
+    s.milestones = [int(m) if m.is_integer() else m for m in milestones]  # fractions of epochs allowed ("25/2")
     LRSchedule(s.name, cfg.optim.lr, cfg.train.epochs, 1, peak=s.peak, milestones=tuple(milestones), gamma=s.gamma,
                factors=tuple(s.factors), count_from=s.count_from, at=s.at, cycle_momentum=s.cycle_momentum,
                base_momentum=s.base_momentum, max_momentum=s.max_momentum)

@@ -194,3 +194,10 @@ def test_lr_scale_remedy_scales_lr_not_momentum(tmp_path):
     trainer.step = 3
     logs = trainer.train_step(x, y)
     assert logs["lr"] == trainer.schedule(3) * 0.5 and logs["momentum"] == trainer.schedule.momentum(3)
+
+
+def test_milestones_may_be_fractions_of_epochs():
+    cfg = load_config(QUICK, ["schedule.name=multistep", "schedule.milestones=[5, 25/2]"])
+    assert cfg.schedule.milestones == [5, 12.5]
+    s = LRSchedule("multistep", 1.0, 20 * 4, 4, milestones=(5, 12.5), at="batch_end")
+    assert s(12 * 4 + 0) == 0.1 and s(12 * 4 + 1) == pytest.approx(0.01)  # t = 12.5 at the end of batch 1 of epoch 12
