@@ -201,3 +201,9 @@ def test_milestones_may_be_fractions_of_epochs():
     assert cfg.schedule.milestones == [5, 12.5]
     s = LRSchedule("multistep", 1.0, 20 * 4, 4, milestones=(5, 12.5), at="batch_end")
     assert s(12 * 4 + 0) == 0.1 and s(12 * 4 + 1) == pytest.approx(0.01)  # t = 12.5 at the end of batch 1 of epoch 12
+
+
+def test_resolve_keeps_parsed_factors():
+    s = LRSchedule("multistep", 0.1, 200 * 3, 3, milestones=(100, 150), factors=("1/10", "1/100"), at="batch_end")
+    r = s.resolve(_optimizer("sgd"))  # dataclasses.replace re-runs __post_init__ on the parsed factors
+    assert [r(k) for k in range(600)] == [s(k) for k in range(600)] and r.momentum(5) is None
