@@ -6,8 +6,9 @@ MART (YisenWang/MART ``mart.py``) uses the same start with cross-entropy (``loss
 
 A preset of :class:`PGD`: only the start (:meth:`start`) and the loss differ. The clean prediction p(x) is
 computed once per batch (the official code recomputes it at every step; in eval mode it is the same value).
-The start is clipped to the box (the official code evaluates the first step at the unclipped point; the two
-differ only for pixels within about 0.003 of 0 or 1).
+By default the start is clipped to the box; ``clip_init: false`` takes the first gradient at the unclipped
+``x + 0.001·N`` as both official codes do (the two differ only for pixels within about 0.003 of 0 or 1, but a
+signed step turns that into a different x′ there; every iterate after the first step is in the box either way).
 """
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ TRADES_LOSSES = ("kl", "ce")
 def kl_from_clean(logits_clean: Tensor) -> LossFn:
     """The per-example attack loss ``KL(p(x) ‖ p(x + δ))`` against fixed clean logits (labels unused)."""
     log_p = F.log_softmax(logits_clean.detach().float(), dim=1)
-    p = log_p.exp()
+    # p as the official code computes it (F.softmax, not log_p.exp()): near x the KL gradient q − p is tiny and its
+    # sign is decided at the rounding level, so the first signed step depends on which of the two floats p is
+    p = F.softmax(logits_clean.detach().float(), dim=1)
 
     def loss(logits: Tensor, y: Tensor) -> Tensor:
         return (p * (log_p - F.log_softmax(logits.float(), dim=1))).sum(dim=1)
@@ -42,6 +45,8 @@ class TRADESAttack(PGD):
     Args:
         loss: ``kl`` (TRADES) or ``ce`` (MART).
         init_std: standard deviation of the Gaussian start (0.001).
+        clip_init: clip the start to the [0,1] box before the first gradient (default true); false is the official
+            TRADES / MART code (``x_adv = x + 0.001·randn`` fed to the model as it is).
         keep_best: off (last iterate, as the official codes).
         **kwargs: ``steps``, ``step``, ``restarts`` of :class:`PGD`; ``bn_mode`` (set ``eval``: the official
             codes attack in eval mode), ``amp_dtype`` of :class:`Attack`.
@@ -50,7 +55,7 @@ class TRADESAttack(PGD):
     name = "trades"
 
     def __init__(self, threat: ThreatModel, *, loss: str = "kl", init_std: float = 0.001, keep_best: bool = False,
-                 **kwargs):
+                 clip_init: bool = True, **kwargs):
         if loss not in TRADES_LOSSES:
             raise ConfigError(f"trades attack: loss must be kl (TRADES) or ce (MART), got {loss!r}.")
         if kwargs.get("loss_fn") is not None:
@@ -62,11 +67,13 @@ class TRADESAttack(PGD):
         super().__init__(threat, keep_best=keep_best, **kwargs)
         self.loss = loss
         self.init_std = float(init_std)
+        self.clip_init = bool(clip_init)
         self.loss_fn = cross_entropy
 
     def start(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
         noise = self.init_std * torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
-        return clip_to_box(x.float(), self.threat.project(noise))
+        delta = self.threat.project(noise)
+        return clip_to_box(x.float(), delta) if self.clip_init else delta
 
     def run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> AttackResult:
         if self.loss == "ce":

@@ -59,6 +59,12 @@ API:
 ``recipe_hint(condition, text)``
     ``text`` when ``condition`` is false (a recipe setting the official loop needs), for ``compare(hints=...)``.
 
+``robustrain_run(..., lockstep=factory)`` / ``compare_lockstep(case, ours)`` / ``run_reference(gen)``
+    Lockstep mode for training that is chaotic at the float level (see :class:`Lockstep`): ``factory(new_model,
+    cfg)`` returns ``{"official": (model, generator), ["aligned": ...]}`` where each generator is the official loop
+    yielding its optimiser after every step (``new_model()`` gives a fresh copy of the initial model). Each official
+    step then starts from robustrain's exact state; the values reported are maxima over the steps.
+
 ``assert_parity(result)``
     Fails, with the worst tensor named, when ``weights > TOL`` or ``buffers > TOL``; a buffer difference declared
     ``buffers_by_design`` must vanish in the ``aligned_model`` run (the official loop without those forwards).
@@ -226,8 +232,12 @@ class StepRecorder:
     def __init__(self) -> None:
         self.logs: list[dict[str, float]] = []
 
+    lockstep: "Lockstep | None" = None
+
     def on_batch_end(self, trainer, logs):
         self.logs.append({**logs, "step": trainer.step, "epoch": trainer.epoch})
+        if self.lockstep is not None:
+            self.lockstep.step(trainer)
 
     def __getattr__(self, name: str) -> Callable[..., None]:
         if name.startswith("on_"):
@@ -247,6 +257,7 @@ class RobustrainRun:
     final_state: dict[str, Tensor]
     logs: list[dict[str, float]]
     steps: int
+    lockstep: "Lockstep | None" = None
 
 
 def _override_list(overrides: Mapping[str, Any] | Iterable[str]) -> list[str]:
@@ -266,8 +277,12 @@ def load_recipe(recipe: str, overrides: Mapping[str, Any] | Iterable[str] = (), 
 
 
 def robustrain_run(recipe: str, batches: Sequence[Batch], *, epochs: int,
-                   overrides: Mapping[str, Any] | Iterable[str] = (), dataset: str = "cifar10") -> RobustrainRun:
-    """Train ``configs/<recipe>.yaml`` (shrunk) through robustrain's own builder on exactly ``batches``."""
+                   overrides: Mapping[str, Any] | Iterable[str] = (), dataset: str = "cifar10",
+                   lockstep: Callable[[nn.Module, Any], Mapping[str, Iterator]] | None = None) -> RobustrainRun:
+    """Train ``configs/<recipe>.yaml`` (shrunk) through robustrain's own builder on exactly ``batches``.
+
+    ``lockstep(initial_model_copy_factory, cfg)``: see :class:`Lockstep`; it returns named reference generators
+    that this run advances one official step after each robustrain step."""
     from robustrain.experiment import Data, build_trainer
 
     cfg = load_recipe(recipe, overrides, epochs=epochs)
@@ -280,9 +295,73 @@ def robustrain_run(recipe: str, batches: Sequence[Batch], *, epochs: int,
         trainer.model.train()
         initial_model = copy.deepcopy(trainer.model)
         initial_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        if lockstep is not None:
+            recorder.lockstep = Lockstep(lockstep(lambda: copy.deepcopy(initial_model), cfg))
         trainer.fit()
+        if lockstep is not None:
+            recorder.lockstep.finish()
     final_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-    return RobustrainRun(cfg, trainer, initial_model, initial_state, final_state, recorder.logs, trainer.step)
+    run = RobustrainRun(cfg, trainer, initial_model, initial_state, final_state, recorder.logs, trainer.step)
+    run.lockstep = recorder.lockstep if lockstep is not None else None
+    return run
+
+
+class Lockstep:
+    """Official loops advanced one step per robustrain step, compared, then re-synchronised to robustrain's state.
+
+    For methods whose training is chaotic at the float level (TRADES: near x the KL gradient is so small that the
+    first signed step of every attack follows the last bit of the weights), a free-running comparison measures
+    float noise amplified to O(1) within a few steps, not the method. In lockstep mode every official step starts
+    from robustrain's exact state (weights, BatchNorm buffers, optimiser state: momentum buffers / Adam moments),
+    runs the official code's own attack, loss, lr and update, and the difference after that one step is recorded;
+    the reported value is the maximum over all steps. Each reference is a generator (the official loop with
+    ``yield optimizer`` after each ``optimizer.step()``, returning its schedule); its random draws come from its
+    own ``trainer_generator`` and are never synchronised.
+    """
+
+    def __init__(self, refs: Mapping[str, tuple[nn.Module, Iterator]]):
+        self.refs = dict(refs)
+        self.diffs: dict[str, list[tuple[float, str, float, str]]] = {name: [] for name in self.refs}
+        self.schedules: dict[str, Any] = {}
+        self.running_stats: dict[str, list[float]] = {name: [] for name in self.refs}
+
+    def step(self, trainer) -> None:
+        ours = trainer.model
+        state = ours.state_dict()
+        stats = [k for k in state if k.endswith(("running_mean", "running_var"))]
+        for name, (model, gen) in self.refs.items():
+            opt = next(gen)
+            ref_state = model.state_dict()
+            self.diffs[name].append(compare_states(state, ref_state, ours))
+            self.running_stats[name].append(max_rel_diff(state, ref_state, stats)[0] if stats else 0.0)
+            model.load_state_dict(state)
+            for p_ref, p_ours in zip(model.parameters(), ours.parameters()):
+                opt.state[p_ref] = {k: (v.detach().clone() if torch.is_tensor(v) else copy.deepcopy(v))
+                                    for k, v in trainer.optimizer.state.get(p_ours, {}).items()}
+
+    def finish(self) -> None:
+        for name, (_, gen) in self.refs.items():
+            try:
+                next(gen)
+            except StopIteration as stop:
+                self.schedules[name] = stop.value
+            else:
+                raise AssertionError(f"the official loop '{name}' has more steps than robustrain's run")
+
+    def worst(self, name: str) -> tuple[float, str, float, str]:
+        d = self.diffs[name]
+        w = max(d, key=lambda t: t[0])
+        b = max(d, key=lambda t: t[2])
+        return w[0], w[1], b[2], b[3]
+
+
+def run_reference(gen: Iterator) -> Any:
+    """Run a generator-form official loop to its end (free-running) and return its return value (the schedule)."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
 
 
 def trainer_generator(seed: int = 0) -> torch.Generator:
@@ -422,6 +501,24 @@ def compare(case: Case, ours: RobustrainRun, ref_model: nn.Module, *, ref_schedu
     if buffers_by_design is not None:
         run_stats = [k for k in ref_state if k.endswith(("running_mean", "running_var"))]
         info["running_stats"] = max_rel_diff(ours.final_state, ref_state, run_stats)[0] if run_stats else 0.0
+    return CaseResult(case, ours.steps, w, wk, b, bk, buffers_by_design, info)
+
+
+def compare_lockstep(case: Case, ours: RobustrainRun, *, buffers_by_design: str | None = None,
+                     hints: Sequence[str] = ()) -> CaseResult:
+    """The result of a lockstep run (see :class:`Lockstep`): the reference named ``official`` gives the weights and
+    buffers values (maxima over the steps); one named ``aligned`` (the official loop without the forwards robustrain
+    does not repeat) backs a ``buffers_by_design`` claim."""
+    ls = ours.lockstep
+    w, wk, b, bk = ls.worst("official")
+    moved, _ = max_rel_diff(ours.final_state, ours.initial_state, [k for k, _ in ours.trainer.model.named_parameters()])
+    info: dict[str, Any] = {"moved": moved, "hints": [h for h in hints if h], "mode": "lockstep",
+                            "schedule": schedule_mismatch(ours.logs, ls.schedules["official"])}
+    if "aligned" in ls.refs:
+        aw, awk, ab, abk = ls.worst("aligned")
+        info["aligned"] = {"weights": aw, "weights_key": awk, "buffers": ab, "buffers_key": abk}
+    if buffers_by_design is not None:
+        info["running_stats"] = max(ls.running_stats["official"])
     return CaseResult(case, ours.steps, w, wk, b, bk, buffers_by_design, info)
 
 
