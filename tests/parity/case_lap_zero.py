@@ -1,0 +1,13 @@
+"""V-LAP (zero start, step ε, projection), official-code behaviour, on CIFAR-10 (configs/cifar10_lap_zero.yaml)
+against tmllab/2024_ICML_LAP CIFAR10/LAP.py@5a4bd23; the reference loop is in case_lap_rs.py."""
+from __future__ import annotations
+
+from .case_lap_rs import CASE as _RS, run_lap
+from .harness import Case
+
+
+def run():
+    return run_lap(CASE, "fgsm")
+
+
+CASE = Case(recipe="cifar10_lap_zero", official=_RS.official, behaviour=_RS.behaviour, by_design=_RS.by_design, run=run)
