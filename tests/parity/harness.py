@@ -204,9 +204,20 @@ class FixedLoader:
     def __iter__(self) -> Iterator[Batch]:
         return self.iterate(0)
 
-    def iterate(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
-        for x, y in self.batches[start_batch:]:
-            yield x.clone(), y.clone()
+    @property
+    def dataset(self) -> Sequence[int]:
+        """The examples, numbered batch by batch (only its length is read: attacks with per-example state size
+        their buffers by it)."""
+        return range(sum(len(y) for _, y in self.batches))
+
+    def iterate(self, epoch: int, start_batch: int = 0, *, with_indices: bool = False) -> Iterator[Batch]:
+        """With ``with_indices`` (``fgsm_mep``) each batch also carries its examples' indices: example ``j`` of batch
+        ``i`` is ``i·batch_size + j`` in every epoch (the batches are fixed)."""
+        for i, (x, y) in enumerate(self.batches[start_batch:], start=start_batch):
+            if with_indices:
+                yield x.clone(), y.clone(), torch.arange(i * self.batch_size, i * self.batch_size + len(y))
+            else:
+                yield x.clone(), y.clone()
 
 
 def _info(dataset: str, batches: Sequence[Batch]):
