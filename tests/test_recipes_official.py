@@ -34,10 +34,11 @@ RECIPES = {
                            {"name": "pgd", "update_bn_stats": True}, True, {"train.epochs": 200}),
     "cifar10_trades": ("yaodongyu/TRADES train_trades_cifar10.py", {
         "name": "multistep", "milestones": [75, 90, 100], "factors": [0.1, 0.01, 0.001], "count_from": 1},
-        {"name": "trades", "bn_mode": "eval"}, False, {"train.epochs": 76, "optim.weight_decay": 2e-4}),
+        {"name": "trades", "bn_mode": "eval", "clip_init": False}, False,
+        {"train.epochs": 76, "optim.weight_decay": 2e-4}),
     "cifar10_trades_awp": ("csdongxian/AWP trades_AWP/train_trades_cifar.py@a7acf5d", {
         "name": "multistep", "milestones": [100, 150], "factors": [0.1, 0.01], "count_from": 1},
-        {"name": "trades", "bn_mode": "eval"}, False,
+        {"name": "trades", "bn_mode": "eval", "clip_init": False}, False,
         {"train.epochs": 200, "weight_perturbation.warmup_epochs": 9, "weight_perturbation.gamma": 0.005}),
     "mnist_fgsm_rs": ("locuslab/fast_adversarial MNIST/train_mnist.py@54f7287", WONG_MNIST,
                       {"name": "fgsm_rs", "step": 0.375, "clip_init": False}, False,
