@@ -13,6 +13,10 @@ throughout (both forwards update the BatchNorm running statistics):
   λ1·(|A|/B)·[λ2·Σ_A(ℓ⁰ − ℓ¹)/|A| + λ3·max(V_A − V_N.item(), 0)] with V_S = mean over S of ‖z⁰ − z‖²₂ (z the
   attached logits at x + δ): the λ2 term is a constant (both losses detached), V_N a number;
 * zero_grad, backward, step, scheduler step.
+
+Shared draws and rounding (see harness.box): the start is drawn from robustrain's generator (harness.uniform) and the
+box clips are written (x + δ).clamp(0, 1) − x, robustrain's rounding of the official ``clamp(δ, lower − X,
+upper − X)``; FGSM's sign would amplify a one-ulp difference to O(1) in 20 steps.
 """
 from __future__ import annotations
 

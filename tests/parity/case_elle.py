@@ -17,6 +17,10 @@ inputs) stays in train mode, so every forward below updates the BatchNorm runnin
 * backward; (ELLE-A only: λ ← λ_max if more than two earlier E_lin values and E_lin > mean + s·std (numpy, population)
   else λ·decay, then E_lin appended); ``optimizer.step(); scheduler.step(); optimizer.step()`` — the second step
   with the same gradients, at the next iteration's lr and momentum.
+
+Shared draws and rounding (see harness.box): the triplet noise is drawn from robustrain's generator in its order
+(η_a, η_b, then a) and written ``u·2ε − ε`` (harness.uniform), and E_lin is summed in robustrain's order; both are the
+official numbers and expressions up to one rounding, which FGSM's sign would otherwise amplify to O(1) in 20 steps.
 """
 from __future__ import annotations
 
