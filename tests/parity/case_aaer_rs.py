@@ -68,7 +68,8 @@ def official_aaer_loop(model, batches, *, epochs, lr_max, momentum, weight_decay
                 v_abnormal = (z0[abnormal] - out[abnormal]).pow(2).sum(1).mean()
                 v_normal = (z0[~abnormal] - out[~abnormal]).pow(2).sum(1).mean().item()
                 drop = (loss_before - loss_after)[abnormal].sum() / n_abnormal
-                loss = loss + (lam1 * n_abnormal / len(y)) * (lam2 * drop + lam3 * torch.clamp(v_abnormal - v_normal, min=0))
+                gap = torch.clamp(v_abnormal - v_normal, min=0)
+                loss = loss + (lam1 * n_abnormal / len(y)) * (lam2 * drop + lam3 * gap)
             schedule.append(optimizer_schedule(opt))
             opt.zero_grad()
             loss.backward()
@@ -87,7 +88,8 @@ def run_aaer(case, *, noise, project):
             "the official code detaches the λ2 term (lam2_gradient: false)")
     attack = ours.trainer.attack
     require(abs(attack.init_scale - noise) < 1e-12 and attack.project == project,
-            f"the official base attack starts from U[-{noise}ε, {noise}ε] and {'projects' if project else 'does not project'}")
+            f"the official base attack starts from U[-{noise}ε, {noise}ε] and "
+            f"{'projects' if project else 'does not project'}")
     model = copy.deepcopy(ours.initial_model)
     schedule = official_aaer_loop(model, batches, epochs=EPOCHS, lr_max=cfg.optim.lr, momentum=cfg.optim.momentum,
                                   weight_decay=cfg.optim.weight_decay, eps=cfg.threat.eps, alpha=attack.step,

@@ -15,7 +15,8 @@ running statistics). Per batch:
   CE at x + δ₀, with its own graph;
 * if ``s + stride < epoch < e − stride`` for a pair of consecutive ``decay_arr`` entries and
   |L_ben − u| > min(max(γ/ratio, β), γ): loss += w2·L_ben when L_ben > u, else loss −= w2·L_ben;
-* zero_grad, backward, step, scheduler step; after the epoch u ← mean L_ben of the epoch (per example), β ← u_new − u_old.
+* zero_grad, backward, step, scheduler step; after the epoch u ← mean L_ben of the epoch (per example),
+  β ← u_new − u_old.
 
 Rounding. FGSM's sign(∇) turns any one-ulp difference into a different pixel, and 20 steps of training amplify it to
 O(1) (see harness.box), so the reference writes the clip of the random start and of x_adv, the label-smoothed CE of
@@ -61,8 +62,8 @@ def smoothed_target_ce(logits, y, factor):
 def checked(value, official, what, step):
     err = abs(value.item() - official.item()) / max(abs(official.item()), 1e-12)
     if err > 1e-5:
-        raise AssertionError(f"step {step}: the reference's {what} ({value.item():.8g}) is not the official expression's "
-                             f"({official.item():.8g})")
+        raise AssertionError(f"step {step}: the reference's {what} ({value.item():.8g}) is not the official "
+                             f"expression's ({official.item():.8g})")
     return value
 
 

@@ -17,6 +17,7 @@ CASE = Case(
     behaviour="code (two optimiser steps per batch, x_adv not clipped, λ updated once per batch; CyclicLR with "
               "momentum cycling; attack forward updates BN statistics); cifar10_elle_a.yaml is the paper's behaviour",
     by_design="triplet and attack draws from robustrain's generator; the official clean forward for its accuracy "
-              "metric (one more BN statistics update per batch; buffers asserted in the aligned run without it); run at ε = 24/255 (an official script setting) so that λ_max triggers within 20 steps",
+              "metric (one more BN statistics update per batch; buffers asserted in the aligned run without it); "
+              "run at ε = 24/255 (an official script setting) so that λ_max triggers within 20 steps",
     run=run,
 )

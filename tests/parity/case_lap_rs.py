@@ -115,14 +115,16 @@ def run_lap(case, variant):
     require(has_input_normalisation(ours.trainer.model), "the official script normalises the inputs (CIFAR mean/std)")
     wp = cfg.weight_perturbation
     require(wp["name"] == "lap" and wp.get("behaviour") == "code",
-            "the official code steps the optimiser for Δ and keeps the perturbation (weight_perturbation.behaviour: code)")
+            "the official code steps the optimiser for Δ and keeps the perturbation "
+            "(weight_perturbation.behaviour: code)")
     attack = ours.trainer.attack
     require(attack.name == attack_name and attack.init_scale == radius and attack.project == bool(clamp),
             f"{variant}: the official attack starts from U[−{radius}ε, {radius}ε] and "
             f"{'projects' if clamp else 'does not project'}")
     lap = ours.trainer.weight_perturbation
     n_layers = len(lap.selected(ours.trainer.model))
-    require(n_layers == 21, f"the official --layer-number is 21 (PreActResNet-18's conv/linear weights); got {n_layers}")
+    require(n_layers == 21,
+            f"the official --layer-number is 21 (PreActResNet-18's conv/linear weights); got {n_layers}")
     model = copy.deepcopy(ours.initial_model)
     schedule, worst = official_lap_loop(
         model, batches, epochs=EPOCHS, lr_max=cfg.optim.lr, momentum=cfg.optim.momentum,

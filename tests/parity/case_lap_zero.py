@@ -10,4 +10,5 @@ def run():
     return run_lap(CASE, "fgsm")
 
 
-CASE = Case(recipe="cifar10_lap_zero", official=_RS.official, behaviour=_RS.behaviour, by_design=_RS.by_design, run=run)
+CASE = Case(recipe="cifar10_lap_zero", official=_RS.official, behaviour=_RS.behaviour, by_design=_RS.by_design,
+            run=run)
