@@ -56,10 +56,9 @@ def add_into_weights(model, diff, coeff):
                 p.add_(coeff * diff[name])
 
 
-def official_loop(model, batches, *, epochs, lr_max, eps, alpha, iters, gamma, seed, quirks=True):
-    """``quirks=False``: the aligned run (first batches attacked in train mode like the others, no restart-scoring
-    or post-step clean forward): what robustrain's recipe runs. Both use the exact AWP direction (see
-    :func:`awp_direction`; by design)."""
+def official_loop(model, batches, *, epochs, lr_max, eps, alpha, iters, gamma, seed, extra_forwards=True):
+    """``extra_forwards=False``: the aligned run, without the restart-scoring and post-step clean forwards (they only
+    move BatchNorm statistics). Both use the exact AWP direction (see :func:`awp_direction`; by design)."""
     opt = torch.optim.SGD(model.parameters(), lr=lr_max, momentum=0.9, weight_decay=5e-4)
     proxy = copy.deepcopy(model)
     lr_schedule = rice_piecewise(lr_max, epochs)
@@ -70,9 +69,7 @@ def official_loop(model, batches, *, epochs, lr_max, eps, alpha, iters, gamma, s
     for epoch in range(epochs):
         for i, (x, y) in enumerate(batches):
             opt.param_groups[0].update(lr=lr_schedule(epoch + (i + 1) / n))
-            if not quirks:
-                model.train()
-            delta = attack_pgd(model, x, y, eps, alpha, iters, gen, score_forward=quirks)
+            delta = attack_pgd(model, x, y, eps, alpha, iters, gen, score_forward=extra_forwards)
             x_adv = torch.clamp(x + delta, 0, 1)
             model.train()
             diff = awp_direction(model, proxy, x_adv, y, exact=True)
@@ -83,7 +80,7 @@ def official_loop(model, batches, *, epochs, lr_max, eps, alpha, iters, gamma, s
             loss.backward()
             opt.step()
             add_into_weights(model, diff, -gamma)
-            if quirks:
+            if extra_forwards:
                 with torch.no_grad():
                     model(x)  # the clean forward for the logged training accuracy
             yield opt
@@ -99,16 +96,16 @@ def run():
                   iters=cfg.attack["steps"], gamma=cfg.weight_perturbation["gamma"], seed=cfg.seed)
         official, aligned = new_model(), new_model()
         return {"official": (official, official_loop(official, batches, **kw)),
-                "aligned": (aligned, official_loop(aligned, batches, quirks=False, **kw))}
+                "aligned": (aligned, official_loop(aligned, batches, extra_forwards=False, **kw))}
 
     ours = robustrain_run(CASE.recipe, batches, epochs=EPOCHS, overrides=SHRINK, lockstep=references)
-    hints = [recipe_hint(False, EVAL_FIRST_BATCH)]
+    hints = [recipe_hint(ours.cfg.attack.get("first_batch_bn_mode") == "eval", EVAL_FIRST_BATCH)]
     return compare_lockstep(CASE, ours, hints=hints, buffers_by_design=BUFFERS)
 
 
 EVAL_FIRST_BATCH = ("the official loop attacks the first batch of every epoch after the first in eval mode (the "
-                    "end-of-epoch test leaves the model in eval mode; model.train() comes after the attack); "
-                    "robustrain has no option for that")
+                    "end-of-epoch test leaves the model in eval mode; model.train() comes after the attack): the "
+                    "recipe needs attack.first_batch_bn_mode: eval")
 BUFFERS = ("the official loop runs two more train-mode forwards per batch (restart scoring, post-step clean "
            "forward) that move only the BatchNorm running statistics")
 

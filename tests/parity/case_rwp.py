@@ -57,8 +57,9 @@ def rwp_direction(model, proxy_1, proxy_2, x_adv, y, gamma, c_min=LSC, steps=10)
     return diff_scale
 
 
-def official_loop(model, batches, *, epochs, lr_max, eps, alpha, iters, gamma, seed, quirks=True):
-    """``quirks=False``: the aligned run (every batch attacked in train mode, no restart-scoring forward)."""
+def official_loop(model, batches, *, epochs, lr_max, eps, alpha, iters, gamma, seed, extra_forwards=True):
+    """``extra_forwards=False``: the aligned run, without the restart-scoring forward (it only moves BatchNorm
+    statistics)."""
     opt = torch.optim.SGD(model.parameters(), lr=lr_max, momentum=0.9, weight_decay=5e-4)
     proxy_1, proxy_2 = copy.deepcopy(model), copy.deepcopy(model)
     lr_schedule = rice_piecewise(lr_max, epochs)
@@ -69,9 +70,7 @@ def official_loop(model, batches, *, epochs, lr_max, eps, alpha, iters, gamma, s
     for epoch in range(epochs):
         for i, (x, y) in enumerate(batches):
             opt.param_groups[0].update(lr=lr_schedule(epoch + (i + 1) / n))
-            if not quirks:
-                model.train()
-            delta = attack_pgd(model, x, y, eps, alpha, iters, gen, score_forward=quirks)
+            delta = attack_pgd(model, x, y, eps, alpha, iters, gen, score_forward=extra_forwards)
             x_adv = torch.clamp(x + delta, 0, 1)
             model.train()
             diff = rwp_direction(model, proxy_1, proxy_2, x_adv, y, gamma)
@@ -96,12 +95,12 @@ def run():
                   iters=cfg.attack["steps"], gamma=wp["gamma"], seed=cfg.seed)
         official, aligned = new_model(), new_model()
         return {"official": (official, official_loop(official, batches, **kw)),
-                "aligned": (aligned, official_loop(aligned, batches, quirks=False, **kw))}
+                "aligned": (aligned, official_loop(aligned, batches, extra_forwards=False, **kw))}
 
     ours = robustrain_run(CASE.recipe, batches, epochs=EPOCHS, overrides=SHRINK, lockstep=references)
     cfg = ours.cfg
     wp = cfg.weight_perturbation
-    hints = [recipe_hint(False, EVAL_FIRST_BATCH),
+    hints = [recipe_hint(cfg.attack.get("first_batch_bn_mode") == "eval", EVAL_FIRST_BATCH),
              recipe_hint(wp.get("c_min") == LSC and wp.get("steps") == 10, "official RWP: c_min 1.7, 10 steps")]
     return compare_lockstep(CASE, ours, hints=hints, buffers_by_design=BUFFERS)
 

@@ -539,8 +539,10 @@ def assert_parity(result: CaseResult) -> None:
         f"{result.case.recipe}: the weights barely moved ({result.extra.get('moved')}); the comparison says nothing")
     why = f"; schedule: {result.extra['schedule']}" if result.extra.get("schedule") else ""
     why += "".join(f"; {h}" for h in result.extra.get("hints", []))
+    what = ("weights after one official step (lockstep, max over the steps)" if result.extra.get("mode") == "lockstep"
+            else "final weights")
     assert result.weights <= TOL, (
-        f"{result.case.recipe}: final weights differ from the official loop's by {result.weights:.3g} (relative, "
+        f"{result.case.recipe}: {what} differ from the official loop's by {result.weights:.3g} (relative, "
         f"worst tensor {result.weights_key}); tolerance {TOL}{why}")
     aligned = result.extra.get("aligned")
     if result.buffers_by_design is not None:
