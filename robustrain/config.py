@@ -474,6 +474,12 @@ def _check_bn_updates(cfg: Config) -> None:
         if section.get("update_bn_stats"):
             raise ConfigError(f"{where}.update_bn_stats: validation and evaluation attacks run the model in eval "
                               f"mode and never change its BatchNorm statistics; remove {where}.update_bn_stats.")
+        if section.get("first_batch_bn_mode") is not None:
+            raise ConfigError(f"{where}.first_batch_bn_mode is a training-attack option (the first batch of each "
+                              f"epoch); validation and evaluation attacks always run in eval mode: remove it.")
+    if cfg.attack.get("first_batch_bn_mode") not in (None, "eval", "train"):
+        raise ConfigError(f"attack.first_batch_bn_mode = {cfg.attack['first_batch_bn_mode']!r}; expected null, eval "
+                          "or train (eval: the AWP / RWP loops' first batch of every epoch after the first).")
 
 
 # -- loading --------------------------------------------------------------------------------------------

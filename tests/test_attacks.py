@@ -336,3 +336,33 @@ def test_clip_init_false_is_wong_mnist_fgsm(digits):
     assert not torch.equal(r2.x_adv, r.x_adv)  # the box-clipped start gives another attack
     with pytest.raises(ConfigError, match="clip_init"):
         build_attack("fgsm_rs", make_threat("linf", eps), clip=False, clip_init=True)
+
+
+def test_first_batch_bn_mode_eval_is_the_awp_rwp_loops_first_batch(tmp_path):
+    """csdongxian/AWP, Robust-Weight-Perturbation: the first batch of every epoch after the first is attacked in the
+    eval mode the end-of-epoch evaluation left the model in; every other batch in train mode."""
+    from pathlib import Path
+
+    from robustrain.config import load_config
+    from robustrain.experiment import build_trainer
+
+    quick = Path(__file__).resolve().parent.parent / "configs" / "quickstart_digits.yaml"
+    cfg = load_config(quick, ["train.progress=false", "train.epochs=3", "data.train_subset=128", "data.batch_size=64",
+                              "model.kwargs={input_size: 8, batchnorm: true}", "attack.update_bn_stats=true",
+                              "attack.first_batch_bn_mode=eval", "validation.attack={name: pgd, steps: 1, restarts: 1}",
+                              "validation.fgsm=false", "wandb.mode=disabled", f"out_dir={tmp_path}"])
+    trainer, _ = build_trainer(cfg, tmp_path / "run")
+    bn = next(m for m in trainer.model.modules() if isinstance(m, nn.BatchNorm2d))
+    seen = []
+    h = bn.register_forward_pre_hook(
+        lambda m, inp: seen.append((trainer.epoch, trainer.batch_in_epoch, m.training, int(m.num_batches_tracked)))
+        if not m.weight.requires_grad and torch.is_grad_enabled() else None)
+    trainer.fit()
+    h.remove()
+    attack_calls = [(e, b, training) for e, b, training, _ in seen if b < trainer.steps_per_epoch]  # not validation
+    assert attack_calls == [(0, 0, True), (0, 1, True), (1, 0, False), (1, 1, True), (2, 0, False), (2, 1, True)]
+    assert trainer.attack.bn_mode == "train" and trainer.attack.update_bn_stats  # the recipe's attack is unchanged
+    with pytest.raises(ConfigError, match="first_batch_bn_mode"):
+        load_config(quick, ["attack.first_batch_bn_mode=sometimes"])
+    with pytest.raises(ConfigError, match="first_batch_bn_mode"):
+        load_config(quick, ["validation.attack={name: pgd, first_batch_bn_mode: eval}"])

@@ -28,10 +28,11 @@ RECIPES = {
                        {"name": "pgd", "steps": 10, "keep_best": False, "update_bn_stats": True}, True,
                        {"train.epochs": 200, "optim.lr": 0.1, "data.val_size": 1000}),
     "cifar10_pgd_at_awp": ("csdongxian/AWP AT_AWP/train_cifar10.py@a7acf5d", RICE,
-                           {"name": "pgd", "update_bn_stats": True}, True,
+                           {"name": "pgd", "update_bn_stats": True, "first_batch_bn_mode": "eval"}, True,
                            {"train.epochs": 200, "weight_perturbation.warmup_epochs": 0}),
     "cifar10_pgd_at_rwp": ("ChaojianYu/Robust-Weight-Perturbation AT_AWP_RWP/train_cifar10.py", RICE,
-                           {"name": "pgd", "update_bn_stats": True}, True, {"train.epochs": 200}),
+                           {"name": "pgd", "update_bn_stats": True, "first_batch_bn_mode": "eval"}, True,
+                           {"train.epochs": 200}),
     "cifar10_trades": ("yaodongyu/TRADES train_trades_cifar10.py", {
         "name": "multistep", "milestones": [75, 90, 100], "factors": [0.1, 0.01, 0.001], "count_from": 1},
         {"name": "trades", "bn_mode": "eval", "clip_init": False}, False,

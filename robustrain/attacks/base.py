@@ -153,6 +153,12 @@ class Attack:
         update_bn_stats: with ``bn_mode="train"``, let the attack's forward passes update the BatchNorm running
             statistics as the official Wong / Rice / N-FGSM / ELLE / AAER loops do (their attack runs the model in
             train mode). Default False: the statistics are left untouched. With ``bn_mode="eval"`` a ConfigError.
+        first_batch_bn_mode: a training-loop option read by the Trainer: the ``bn_mode`` of the attack on the
+            first batch of every epoch after the first (None: ``bn_mode``). ``eval`` reproduces the official AWP and
+            RWP loops (csdongxian/AWP AT_AWP/train_cifar10.py@a7acf5d, ChaojianYu/Robust-Weight-Perturbation
+            AT_AWP_RWP/train_cifar10.py@1aaa83f): their end-of-epoch evaluation leaves the model in eval mode and
+            ``model.train()`` comes only after the attack, so that one batch is attacked on running statistics
+            (which it then does not update).
         amp_dtype: autocast dtype for the model's forward (e.g. torch.bfloat16); the perturbation and
             its update stay fp32.
         compile: run the forward, the loss and the input-gradient backward through ``torch.compile``
@@ -171,11 +177,15 @@ class Attack:
         loss_fn: LossFn | None = None,
         bn_mode: str = "eval",
         update_bn_stats: bool = False,
+        first_batch_bn_mode: str | None = None,
         amp_dtype: torch.dtype | None = None,
         compile: bool = False,
     ):
         if bn_mode not in BN_MODES:
             raise ConfigError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}.")
+        if first_batch_bn_mode not in (None, *BN_MODES):
+            raise ConfigError(f"first_batch_bn_mode must be null or one of {BN_MODES}, got {first_batch_bn_mode!r}.")
+        self.first_batch_bn_mode = first_batch_bn_mode
         _check_bn_update(bn_mode, bool(update_bn_stats))
         self.threat = threat
         self.loss_fn: LossFn = loss_fn or cross_entropy

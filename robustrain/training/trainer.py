@@ -206,7 +206,7 @@ class Trainer:
         if momentum is not None:  # cyclic with cycle_momentum (CyclicLR): SGD momentum or Adam beta1
             set_momentum(self.optimizer, momentum)
         momentum = optimizer_momentum(self.optimizer)  # logged: the momentum (beta1) this step runs with
-        attack = self.attack
+        attack = self._attack_for_this_batch()
         if self.eps_factor() < 1.0:
             attack = scaled_attack(attack, self.eps_factor())
         per_example = {} if indices is None else {"indices": indices, "epoch": self.epoch,
@@ -256,6 +256,19 @@ class Trainer:
                      "momentum": momentum,
                      "images_per_s": synced.examples / dt})
         return logs
+
+    def _attack_for_this_batch(self) -> Attack:
+        """The training attack, or on the first batch of an epoch after the first a copy in the attack's
+        ``first_batch_bn_mode`` (the AWP / RWP loops attack that batch in the eval mode their end-of-epoch
+        evaluation left the model in; a model in eval mode updates no BatchNorm statistics)."""
+        mode = getattr(self.attack, "first_batch_bn_mode", None)
+        if mode is None or mode == self.attack.bn_mode or self.epoch == 0 or self.batch_in_epoch != 0:
+            return self.attack
+        attack = copy.copy(self.attack)
+        attack.bn_mode = mode
+        if mode == "eval":
+            attack.update_bn_stats = False
+        return attack
 
     def _extra_optimizer_steps(self) -> None:
         """More optimiser steps with this batch's gradients when a loss term asks for them
