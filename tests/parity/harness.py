@@ -19,7 +19,8 @@ API:
 
 ``parity_batches(dataset, n_batches, batch_size, seed=0, augment=True) -> list[(x, y)]``
     Real data, fixed batches: ``cifar10`` (``data_batch_1.bin`` of the binary version: ``$ROBUSTRAIN_CIFAR10`` or
-    ``data/cifar10`` of the checkout, else built with ``../shared/data/get_cifar10.py`` into
+    ``data/cifar10`` of the checkout or the copy tests/test_data.py builds in pytest's cache, else built with
+    ``../shared/data/get_cifar10.py`` into
     ``~/.cache/robustrain/cifar10``; the test skips when none can be had) or ``mnist`` (``train-images-idx3-ubyte.gz``
     of ``$ROBUSTRAIN_SHARED_DATA/mnist``, ``../shared/data/mnist`` or ``/work/shared/data/mnist``). Images are drawn
     with a seeded permutation, float in [0, 1]. ``augment`` (CIFAR-10 only) pre-applies one random crop (pad 4)
@@ -128,6 +129,7 @@ def _shared_data() -> Path | None:
 def cifar10_batches_bin() -> Path:
     """The folder ``cifar-10-batches-bin`` (see the module docstring for where it is looked for)."""
     candidates = [os.environ.get("ROBUSTRAIN_CIFAR10"), REPO / "data" / "cifar10",
+                  REPO / ".pytest_cache" / "d" / "robustrain_cifar10",  # where tests/test_data.py builds it
                   Path.home() / ".cache" / "robustrain" / "cifar10"]
     for c in candidates:
         if c and (Path(c) / "cifar-10-batches-bin" / "data_batch_1.bin").is_file():
