@@ -74,7 +74,7 @@ def test_eps_given_in_pixel_levels_is_rejected_with_a_hint():
 
 
 def test_unknown_attack_lists_the_choices():
-    with pytest.raises(ConfigError, match=r"fgsm, fgsm_rs, nfgsm, pgd.*Did you mean 'fgsm_rs'"):
+    with pytest.raises(ConfigError, match=r"fgsm, fgsm_mep, fgsm_rs, nfgsm, pgd.*Did you mean 'fgsm_rs'"):
         load_config(QUICK, ["attack.name=fgsm-rs"])
 
 
