@@ -128,7 +128,8 @@ def main() -> int:
         "row reports those statistics' difference and proves the claim with a second official run without those "
         "forwards, which must agree to the tolerance.",
         "",
-        "| recipe | official file@commit | behaviour | steps | mode | weights | BN buffers | status | differs by design |",
+        "| recipe | official file@commit | behaviour | steps | mode | weights | BN buffers | status "
+        "| differs by design |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

@@ -21,10 +21,33 @@ import torch.nn.functional as F
 from .case_pgd_at import attack_pgd, rice_piecewise
 from .harness import (Case, compare_lockstep, optimizer_schedule, parity_batches, recipe_hint, robustrain_run,
                       trainer_generator)
+from .harness import recipe_constants
 
 EPOCHS, N_BATCHES, BATCH = 4, 5, 16
 SHRINK = {"model.kwargs": {"width": 4}, "schedule.milestones": [2, 3]}
 EPS20 = 1e-20
+
+
+# the official script's settings (train_cifar10.py defaults), checked on the unshrunk recipe
+OFFICIAL = {
+    'train.epochs': 200,
+    'data.batch_size': 128,
+    'optim.name': 'sgd',
+    'optim.lr': 0.1,
+    'optim.momentum': 0.9,
+    'optim.weight_decay': 0.0005,
+    'threat.eps': 8/255,
+    'attack.steps': 10,
+    'attack.step': 2/255,
+    'attack.restarts': 1,
+    'schedule.name': 'multistep',
+    'schedule.milestones': [100, 150],
+    'schedule.factors': ['1/10', '1/100'],
+    'schedule.at': 'batch_end',
+    'schedule.count_from': 0,
+    'weight_perturbation.gamma': 0.01,
+    'weight_perturbation.warmup_epochs': 0,
+}
 
 
 def awp_direction(model, proxy, x_adv, y, exact=False):
@@ -100,7 +123,8 @@ def run():
 
     ours = robustrain_run(CASE.recipe, batches, epochs=EPOCHS, overrides=SHRINK, lockstep=references)
     hints = [recipe_hint(ours.cfg.attack.get("first_batch_bn_mode") == "eval", EVAL_FIRST_BATCH)]
-    return compare_lockstep(CASE, ours, hints=hints, buffers_by_design=BUFFERS)
+    return compare_lockstep(CASE, ours, constants=recipe_constants(CASE.recipe, OFFICIAL),
+                   hints=hints, buffers_by_design=BUFFERS)
 
 
 EVAL_FIRST_BATCH = ("the official loop attacks the first batch of every epoch after the first in eval mode (the "

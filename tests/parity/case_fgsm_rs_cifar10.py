@@ -13,11 +13,29 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from .harness import (Case, box, compare, has_input_normalisation, optimizer_schedule, parity_batches, recipe_hint, require,
+from .harness import (Case, box, compare, has_input_normalisation, optimizer_schedule, parity_batches, recipe_hint,
+                      require,
                       robustrain_run, trainer_generator, uniform)
+from .harness import recipe_constants
 
 EPOCHS, N_BATCHES, BATCH = 4, 5, 32
 SHRINK = {"model.kwargs": {"width": 4}}
+
+
+# the official script's settings (train_fgsm.py defaults), checked on the unshrunk recipe
+OFFICIAL = {
+    'train.epochs': 15,
+    'data.batch_size': 128,
+    'optim.name': 'sgd',
+    'optim.lr': 0.2,
+    'optim.momentum': 0.9,
+    'optim.weight_decay': 0.0005,
+    'threat.eps': 8/255,
+    'attack.step': 10/255,
+    'schedule.name': 'cyclic',
+    'schedule.peak': 0.5,
+    'train.eps_warmup_epochs': 0,
+}
 
 
 def official_loop(model, batches, *, epochs, lr_max, momentum, weight_decay, eps, alpha, seed):
@@ -57,7 +75,8 @@ def run():
                              seed=cfg.seed)
     hints = [recipe_hint(cfg.attack.get("update_bn_stats"), "the official attack forward updates the BatchNorm running "
                          "statistics: the recipe needs attack.update_bn_stats: true")]
-    return compare(CASE, ours, model, ref_schedule=schedule, hints=hints)
+    return compare(CASE, ours, model, constants=recipe_constants(CASE.recipe, OFFICIAL),
+                   ref_schedule=schedule, hints=hints)
 
 
 CASE = Case(

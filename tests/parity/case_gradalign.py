@@ -20,9 +20,25 @@ import torch.nn.functional as F
 
 from .harness import (Case, box, compare, has_input_normalisation, optimizer_schedule, parity_batches, recipe_hint,
                       robustrain_run, trainer_generator, uniform)
+from .harness import recipe_constants
 
 EPOCHS, N_BATCHES, BATCH = 5, 4, 32  # E·2//5 = 2: the peak at 2/5, as 30·2//5 = 12 of 30
 SHRINK = {"model.kwargs": {"width": 4}}
+
+
+# the official script's settings (train.py + sh/exps_diff_eps_cifar10.sh, ε = 8), checked on the unshrunk recipe
+OFFICIAL = {
+    'train.epochs': 30,
+    'data.batch_size': 128,
+    'optim.name': 'sgd',
+    'optim.lr': 0.3,
+    'optim.momentum': 0.9,
+    'optim.weight_decay': 0.0005,
+    'threat.eps': 8/255,
+    'attack.step': 10/255,
+    'schedule.name': 'interp',
+    'schedule.peak': 0.4,
+}
 
 
 def official_loop(model, batches, *, epochs, lr_max, eps, lam, seed, fgsm_alpha=1.25, weight_decay=5e-4):
@@ -73,7 +89,8 @@ def run():
     schedule = official_loop(model, batches, epochs=EPOCHS, lr_max=cfg.optim.lr, eps=cfg.threat.eps, lam=lam,
                              seed=cfg.seed)
     hints = [
-        recipe_hint(not has_input_normalisation(ours.trainer.model), "the official PreActResNet normalises with mean 0, "
+        recipe_hint(not has_input_normalisation(ours.trainer.model), "the official PreActResNet normalises with "
+                    "mean 0, "
                     "std 1: model.normalise: false"),
         recipe_hint(cfg.attack.get("update_bn_stats"), "the official attack forward moves the BatchNorm statistics: "
                     "attack.update_bn_stats: true"),
@@ -81,7 +98,8 @@ def run():
                     "end, peak E·2//5 (schedule interp, peak 0.4)"),
         recipe_hint(lam == 0.2 and cfg.optim.lr == 0.3, "sh/exps_diff_eps_cifar10.sh, ε = 8: λ 0.2, lr_max 0.3"),
     ]
-    return compare(CASE, ours, model, ref_schedule=schedule, hints=hints)
+    return compare(CASE, ours, model, constants=recipe_constants(CASE.recipe, OFFICIAL),
+                   ref_schedule=schedule, hints=hints)
 
 
 CASE = Case(

@@ -16,10 +16,31 @@ import torch.nn.functional as F
 
 from .harness import (Case, box, compare_lockstep, has_input_normalisation, optimizer_schedule, parity_batches,
                       recipe_hint, robustrain_run, trainer_generator)
+from .harness import recipe_constants
 
 EPOCHS, N_BATCHES, BATCH = 4, 5, 16
 MILESTONES = (2, 3, 4)  # the script's 75, 90, 100 (counted from 1), scaled so that all three act within 4 epochs
 SHRINK = {"model.name": "preact_resnet18", "model.kwargs": {"width": 4}, "schedule.milestones": list(MILESTONES)}
+
+
+# the official script's settings (train_wideresnet.py defaults), checked on the unshrunk recipe
+OFFICIAL = {
+    'train.epochs': 90,
+    'data.batch_size': 128,
+    'optim.name': 'sgd',
+    'optim.lr': 0.1,
+    'optim.momentum': 0.9,
+    'optim.weight_decay': 0.0007,
+    'threat.eps': 0.031,
+    'attack.steps': 10,
+    'attack.step': 0.007,
+    'attack.init_std': 0.001,
+    'objective.beta': 6.0,
+    'schedule.name': 'multistep',
+    'schedule.milestones': [75, 90, 100],
+    'schedule.factors': [0.1, 0.01, 0.001],
+    'schedule.count_from': 1,
+}
 
 
 def adjust_learning_rate(opt, epoch, lr, milestones=MILESTONES):
@@ -97,7 +118,8 @@ def run():
         recipe_hint(cfg.attack.get("clip_init") is False and cfg.attack.get("loss") == "ce",
                     "the official attack: CE from the unclipped x + 0.001·N (loss: ce, clip_init: false)"),
     ]
-    return compare_lockstep(CASE, ours, hints=hints)
+    return compare_lockstep(CASE, ours, constants=recipe_constants(CASE.recipe, OFFICIAL),
+                   hints=hints)
 
 
 CASE = Case(

@@ -18,10 +18,31 @@ import torch.nn.functional as F
 
 from .harness import (Case, box, compare, has_input_normalisation, optimizer_schedule, parity_batches, recipe_hint,
                       robustrain_run, trainer_generator, uniform)
+from .harness import recipe_constants
 
 EPOCHS, N_BATCHES, BATCH = 4, 5, 16
 # the 200-epoch milestones 100 and 150 scaled to 4 epochs (the recipe's milestones are epochs)
 SHRINK = {"model.kwargs": {"width": 4}, "schedule.milestones": [2, 3]}
+
+
+# the official script's settings (train_cifar.py defaults), checked on the unshrunk recipe
+OFFICIAL = {
+    'train.epochs': 200,
+    'data.batch_size': 128,
+    'optim.name': 'sgd',
+    'optim.lr': 0.1,
+    'optim.momentum': 0.9,
+    'optim.weight_decay': 0.0005,
+    'threat.eps': 8/255,
+    'attack.steps': 10,
+    'attack.step': 2/255,
+    'attack.restarts': 1,
+    'schedule.name': 'multistep',
+    'schedule.milestones': [100, 150],
+    'schedule.factors': ['1/10', '1/100'],
+    'schedule.at': 'batch_end',
+    'schedule.count_from': 0,
+}
 
 
 def rice_piecewise(lr_max, epochs):
@@ -87,7 +108,8 @@ def run():
         recipe_hint(cfg.attack.get("keep_best") is False and cfg.attack.get("restarts") == 1,
                     "official training PGD: last iterate, one restart"),
     ]
-    return compare(CASE, ours, model, ref_schedule=schedule, hints=hints, buffers_by_design=BUFFERS,
+    return compare(CASE, ours, model, constants=recipe_constants(CASE.recipe, OFFICIAL),
+                   ref_schedule=schedule, hints=hints, buffers_by_design=BUFFERS,
                    aligned_model=aligned)
 
 

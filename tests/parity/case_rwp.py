@@ -21,11 +21,35 @@ from .case_awp import EVAL_FIRST_BATCH, add_into_weights
 from .case_pgd_at import attack_pgd, rice_piecewise
 from .harness import (Case, compare_lockstep, optimizer_schedule, parity_batches, recipe_hint, robustrain_run,
                       trainer_generator)
+from .harness import recipe_constants
 
 EPOCHS, N_BATCHES, BATCH = 4, 5, 16
 SHRINK = {"model.kwargs": {"width": 4}, "schedule.milestones": [2, 3]}
 EPS20 = 1e-20
 LSC = 1.7
+
+
+# the official script's settings (train_cifar10.py defaults, LSC_loss 1.7), checked on the unshrunk recipe
+OFFICIAL = {
+    'train.epochs': 200,
+    'data.batch_size': 128,
+    'optim.name': 'sgd',
+    'optim.lr': 0.1,
+    'optim.momentum': 0.9,
+    'optim.weight_decay': 0.0005,
+    'threat.eps': 8/255,
+    'attack.steps': 10,
+    'attack.step': 2/255,
+    'attack.restarts': 1,
+    'schedule.name': 'multistep',
+    'schedule.milestones': [100, 150],
+    'schedule.factors': ['1/10', '1/100'],
+    'schedule.at': 'batch_end',
+    'schedule.count_from': 0,
+    'weight_perturbation.gamma': 0.01,
+    'weight_perturbation.c_min': 1.7,
+    'weight_perturbation.steps': 10,
+}
 
 
 def rwp_direction(model, proxy_1, proxy_2, x_adv, y, gamma, c_min=LSC, steps=10):
@@ -102,7 +126,8 @@ def run():
     wp = cfg.weight_perturbation
     hints = [recipe_hint(cfg.attack.get("first_batch_bn_mode") == "eval", EVAL_FIRST_BATCH),
              recipe_hint(wp.get("c_min") == LSC and wp.get("steps") == 10, "official RWP: c_min 1.7, 10 steps")]
-    return compare_lockstep(CASE, ours, hints=hints, buffers_by_design=BUFFERS)
+    return compare_lockstep(CASE, ours, constants=recipe_constants(CASE.recipe, OFFICIAL),
+                   hints=hints, buffers_by_design=BUFFERS)
 
 
 BUFFERS = ("the official attack's restart-scoring forward (train mode) moves only the BatchNorm running statistics")

@@ -10,18 +10,38 @@ train-mode forward f(x) for the KL target (the first one feeds the CE); step.
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .harness import (Case, box, compare_lockstep, has_input_normalisation, optimizer_schedule, parity_batches, recipe_hint,
+from .harness import (Case, box, compare_lockstep, has_input_normalisation, optimizer_schedule, parity_batches,
+                      recipe_hint,
                       robustrain_run, trainer_generator)
+from .harness import recipe_constants
 
 EPOCHS, N_BATCHES, BATCH = 4, 5, 16
 MILESTONES = (2, 3, 4)  # the script's 75, 90, 100 (counted from 1), scaled so that all three act within 4 epochs
 SHRINK = {"model.name": "preact_resnet18", "model.kwargs": {"width": 4}, "schedule.milestones": list(MILESTONES)}
+
+
+# the official script's settings (train_trades_cifar10.py defaults), checked on the unshrunk recipe
+OFFICIAL = {
+    'train.epochs': 76,
+    'data.batch_size': 128,
+    'optim.name': 'sgd',
+    'optim.lr': 0.1,
+    'optim.momentum': 0.9,
+    'optim.weight_decay': 0.0002,
+    'threat.eps': 0.031,
+    'attack.steps': 10,
+    'attack.step': 0.007,
+    'attack.init_std': 0.001,
+    'objective.beta': 6.0,
+    'schedule.name': 'multistep',
+    'schedule.milestones': [75, 90, 100],
+    'schedule.factors': [0.1, 0.01, 0.001],
+    'schedule.count_from': 1,
+}
 
 
 def adjust_learning_rate(opt, epoch, lr, milestones=MILESTONES):
@@ -101,7 +121,8 @@ def run():
                     "x + 0.001·N: the attack needs clip_init: false"),
         recipe_hint(cfg.attack.get("bn_mode") == "eval", "the official attack runs in eval mode"),
     ]
-    return compare_lockstep(CASE, ours, hints=hints, buffers_by_design=BUFFERS)
+    return compare_lockstep(CASE, ours, constants=recipe_constants(CASE.recipe, OFFICIAL),
+                   hints=hints, buffers_by_design=BUFFERS)
 
 
 BUFFERS = ("the official loss runs a third train-mode forward f(x) for the KL target (the same values as the CE "

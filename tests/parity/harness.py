@@ -57,6 +57,10 @@ API:
     differences. ``buffers_by_design``: a sentence when the official loop's extra forward passes update the
     BatchNorm statistics in a way robustrain does not reproduce (then the buffers are reported, not asserted).
 
+``recipe_constants(recipe, expected) -> list[str]``
+    The unshrunk recipe's settings (epochs, batch size, lr, milestones, ε, α, ...) that differ from the official
+    script's defaults; pass them as ``compare(constants=...)``: the test fails on any.
+
 ``recipe_hint(condition, text)``
     ``text`` when ``condition`` is false (a recipe setting the official loop needs), for ``compare(hints=...)``.
 
@@ -111,6 +115,33 @@ class DataUnavailable(RuntimeError):
 
 def recipe_hint(condition: Any, text: str) -> str:
     return "" if condition else text
+
+
+def recipe_constants(recipe: str, expected: Mapping[str, Any]) -> list[str]:
+    """The settings of the *unshrunk* ``configs/<recipe>.yaml`` that differ from the official script's defaults
+    (``expected``: dotted keys such as ``train.epochs``, ``attack.step``, ``schedule.milestones``; numbers compared
+    to 1e-9 relative), as sentences. The shrunk parity run overrides epochs and milestones, so these are checked here.
+    """
+    from robustrain.config import load_config
+
+    cfg = load_config(CONFIGS / f"{recipe}.yaml")
+    out = []
+    for key, want in expected.items():
+        node: Any = cfg
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else getattr(node, part, None)
+        got = node
+        same = got == want
+        if not same and isinstance(want, (int, float)) and isinstance(got, (int, float)) and not isinstance(got, bool):
+            same = abs(float(got) - float(want)) <= 1e-9 * max(abs(float(want)), 1.0)
+        if not same and isinstance(want, (list, tuple)) and isinstance(got, (list, tuple)):
+            same = len(got) == len(want) and all(
+                (a == b) or (isinstance(a, (int, float)) and isinstance(b, (int, float))
+                             and abs(float(a) - float(b)) <= 1e-9 * max(abs(float(b)), 1.0))
+                for a, b in zip(got, want))
+        if not same:
+            out.append(f"{recipe}.yaml {key} = {got!r}, the official script uses {want!r}")
+    return out
 
 
 def require(condition: Any, why: str) -> None:
@@ -496,7 +527,8 @@ def optimizer_schedule(opt: torch.optim.Optimizer) -> tuple[float, float | None]
 
 def compare(case: Case, ours: RobustrainRun, ref_model: nn.Module, *, ref_schedule: Sequence | None = None,
             extra: dict[str, Any] | None = None, buffers_by_design: str | None = None,
-            aligned_model: nn.Module | None = None, hints: Sequence[str] = ()) -> CaseResult:
+            aligned_model: nn.Module | None = None, hints: Sequence[str] = (),
+            constants: Sequence[str] = ()) -> CaseResult:
     """The result of a case: ``ref_schedule`` is the official loop's (lr, momentum) at every step (see
     :func:`optimizer_schedule`), checked against robustrain's logs to say *why* weights differ; ``hints`` are
     known recipe gaps (e.g. a missing option), shown when the comparison fails. With ``buffers_by_design``, pass
@@ -505,7 +537,7 @@ def compare(case: Case, ours: RobustrainRun, ref_model: nn.Module, *, ref_schedu
     ref_state = {k: v.detach().clone() for k, v in ref_model.state_dict().items()}
     w, wk, b, bk = compare_states(ours.final_state, ref_state, ours.trainer.model)
     moved, _ = max_rel_diff(ours.final_state, ours.initial_state, [k for k, _ in ours.trainer.model.named_parameters()])
-    info = {"moved": moved, "hints": [h for h in hints if h], **(extra or {})}
+    info = {"moved": moved, "hints": [h for h in hints if h], "constants": list(constants), **(extra or {})}
     if ref_schedule is not None:
         info["schedule"] = schedule_mismatch(ours.logs, ref_schedule)
     if aligned_model is not None:
@@ -518,14 +550,15 @@ def compare(case: Case, ours: RobustrainRun, ref_model: nn.Module, *, ref_schedu
 
 
 def compare_lockstep(case: Case, ours: RobustrainRun, *, buffers_by_design: str | None = None,
-                     hints: Sequence[str] = ()) -> CaseResult:
+                     hints: Sequence[str] = (), constants: Sequence[str] = ()) -> CaseResult:
     """The result of a lockstep run (see :class:`Lockstep`): the reference named ``official`` gives the weights and
     buffers values (maxima over the steps); one named ``aligned`` (the official loop without the forwards robustrain
     does not repeat) backs a ``buffers_by_design`` claim."""
     ls = ours.lockstep
     w, wk, b, bk = ls.worst("official")
     moved, _ = max_rel_diff(ours.final_state, ours.initial_state, [k for k, _ in ours.trainer.model.named_parameters()])
-    info: dict[str, Any] = {"moved": moved, "hints": [h for h in hints if h], "mode": "lockstep",
+    info: dict[str, Any] = {"moved": moved, "hints": [h for h in hints if h], "constants": list(constants),
+                            "mode": "lockstep",
                             "schedule": schedule_mismatch(ours.logs, ls.schedules["official"])}
     if "aligned" in ls.refs:
         aw, awk, ab, abk = ls.worst("aligned")
@@ -539,6 +572,9 @@ def assert_parity(result: CaseResult) -> None:
     assert result.steps >= 20, f"{result.case.recipe}: only {result.steps} optimiser steps (need >= 20)"
     assert result.extra.get("moved", 1.0) > 1e-3, (
         f"{result.case.recipe}: the weights barely moved ({result.extra.get('moved')}); the comparison says nothing")
+    assert not result.extra.get("constants"), (
+        f"{result.case.recipe}: the recipe differs from the official script's settings: "
+        + "; ".join(result.extra["constants"]))
     why = f"; schedule: {result.extra['schedule']}" if result.extra.get("schedule") else ""
     why += "".join(f"; {h}" for h in result.extra.get("hints", []))
     what = ("weights after one official step (lockstep, max over the steps)" if result.extra.get("mode") == "lockstep"
@@ -548,7 +584,8 @@ def assert_parity(result: CaseResult) -> None:
         f"worst tensor {result.weights_key}); tolerance {TOL}{why}")
     aligned = result.extra.get("aligned")
     if result.buffers_by_design is not None:
-        assert aligned is not None, f"{result.case.recipe}: a by-design buffer difference needs the aligned reference run"
+        assert aligned is not None, (
+            f"{result.case.recipe}: a by-design buffer difference needs the aligned reference run")
         assert aligned["weights"] <= TOL and aligned["buffers"] <= TOL, (
             f"{result.case.recipe}: without the official loop's extra forwards the reference still differs (weights "
             f"{aligned['weights']:.3g} at {aligned['weights_key']}, buffers {aligned['buffers']:.3g} at "
