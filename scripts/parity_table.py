@@ -103,12 +103,13 @@ def main() -> int:
         f"**{n_pass} of {len(rows)} pass** (tolerance {TOL:g}).",
         "",
         "Each row trains the shipped recipe (`configs/<recipe>.yaml`, shrunk: a width-4 PreActResNet-18 or the MNIST "
-        "CNN, 2–5 epochs of 4–5 fixed batches of real CIFAR-10 / MNIST images, at least 20 optimiser steps, the "
+        "CNN, a few epochs of a few fixed batches of real CIFAR-10 / MNIST images, at least 20 optimiser steps, the "
         "recipe's own schedule shape with its milestones scaled to the shrunk epochs) through robustrain's "
         "`build_trainer`, and an independent minimal re-implementation of the official training loop, written from "
         "the official file named in the row (`tests/parity/case_<name>.py`), from the same initial weights on the "
         "same batches with the same random draws (both draw from a generator seeded as robustrain's Trainer seeds "
-        "its own, in the same order).",
+        "its own, in the same order). Each case also checks the unshrunk recipe's settings (epochs, batch size, lr, "
+        "milestones, ε, step, method constants) against the official script's defaults.",
         "",
         "* **Difference** = max over tensors t of max|a_t − b_t| / max|b_t| (b = the official loop's tensor; integer "
         "counters must be equal). *Weights*: the parameters. *Buffers*: BatchNorm running means, variances and "
@@ -118,9 +119,10 @@ def main() -> int:
         "pixel, which a width-4 network amplifies to 1e-2 within four steps, so the loops are written to perform the "
         "same float operations wherever rounding would otherwise differ (e.g. the box clip as (x + δ).clamp(0, 1) − x; "
         "see `harness.box`).",
-        "* **lockstep**: for training that is chaotic at the float level (TRADES / MART: near x the KL or CE attack "
-        "gradient's sign follows the last bit of the weights; AWP / RWP: the official proxy difference carries "
-        "cancellation rounding), every official step starts from robustrain's exact state (weights, buffers, "
+        "* **lockstep**: for training that is chaotic at the float level (TRADES: near x the KL attack gradient is "
+        "~1e-6 and its sign follows the last bit of the weights; MART, AWP, RWP: loss and weight-perturbation "
+        "expressions that agree only to rounding, amplified by the PGD attack's signs to O(1) within a few steps), "
+        "every official step starts from robustrain's exact state (weights, buffers, "
         "optimiser state) and runs the official attack, loss, lr and update; the value is the maximum over all steps "
         "of the one-step difference.",
         "* **by design**: where the official loop runs forwards whose only effect is on the BatchNorm running "
