@@ -540,3 +540,14 @@ def test_mnist_healthy_nfgsm_run_declares_nothing(tmp_path):
     healthy = mnist_run(tmp_path, "nfgsm", "monitor.action=warn", "attack={name: nfgsm, bn_mode: train}")
     assert healthy.events == []
     assert healthy.checks[-1].pgd > 0.5
+
+
+def test_attack_remedy_keeps_the_training_attacks_batchnorm_options(tmp_path):
+    """An attack remedy replaces the method, not the recipe's BN handling (update_bn_stats, first_batch_bn_mode)."""
+    trainer, monitor = tiny_trainer(tmp_path, "monitor.action=rollback", "monitor.remedy={kind: attack, name: nfgsm}",
+                                    "attack.bn_mode=train", "attack.update_bn_stats=true",
+                                    "attack.first_batch_bn_mode=eval")
+    monitor._apply_remedy(trainer, {"kind": "attack", "name": "nfgsm"})
+    assert trainer.attack.name == "nfgsm"
+    assert trainer.attack.bn_mode == "train" and trainer.attack.update_bn_stats is True
+    assert trainer.attack.first_batch_bn_mode == "eval"

@@ -19,6 +19,11 @@ Two behaviours (``behaviour``):
   CE (the *descent* direction, momentum and weight decay included), computed on a saved copy of the weights and
   optimiser state that is restored afterwards; the perturbation is *not* removed after the update. (When the
   step raises, the weights are still restored.) Needs ``ctx.optimizer``.
+  The official code restores the optimiser with ``load_state_dict`` of a saved ``state_dict()``; under the torch
+  it pins (2.0.1) that deep-copies the state, so the extra step's momentum update is undone, which is what
+  ``code`` does here. From torch 2.1 on (pytorch#106082) ``load_state_dict`` shares the saved tensors instead and
+  the same script keeps part of that update: run unmodified on a newer torch it trains differently (the parity
+  case tests/parity/case_lap_rs.py measured a relative weight difference of 1.6 after 20 steps).
 
 Cost: the official code reuses the attack's backward pass for the weight gradient; the attacks here take
 input gradients only (parameters frozen), so LAP runs one more forward/backward at ``x + δ₀`` (training

@@ -311,8 +311,10 @@ class OverfitMonitor(Callback):
             trainer.lr_scale *= float(opts.get("factor", 0.5))
         elif kind == "attack":
             old = trainer.attack
-            trainer.attack = build_attack(remedy["name"], old.threat, bn_mode=old.bn_mode, amp_dtype=old.amp_dtype,
-                                          **opts)
+            inherit = {"bn_mode": old.bn_mode, "amp_dtype": old.amp_dtype,
+                       "update_bn_stats": getattr(old, "update_bn_stats", False),
+                       "first_batch_bn_mode": getattr(old, "first_batch_bn_mode", None)}
+            trainer.attack = build_attack(remedy["name"], old.threat, **{**inherit, **opts})
         elif kind == "regulariser":
             from ..regularisers import build_regulariser
 
