@@ -483,6 +483,9 @@ def _check_bn_updates(cfg: Config) -> None:
 
 
 # -- loading --------------------------------------------------------------------------------------------
+DEFAULTS_KEY = "defaults"
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``"a.b=value"`` -> (["a", "b"], value parsed as YAML)."""
     if "=" not in item:
@@ -504,23 +507,138 @@ def merge_override(data: dict, keys: list[str], value: Any) -> None:
     node[keys[-1]] = value
 
 
+def _chain_text(chain: tuple[Path, ...]) -> str:
+    return " -> ".join(str(p) for p in chain)
+
+
+def _read_yaml_mapping(path: Path, chain: tuple[Path, ...]) -> dict:
+    via = f" (defaults chain: {_chain_text(chain)})" if len(chain) > 1 else ""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(path)!r}{via} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r}{via} must hold a mapping of keys, got {type(data).__name__}.")
+    return data
+
+
+def _leaf_origins(data: Any, source: str, prefix: str, origin: dict[str, str]) -> None:
+    """Record ``source`` for every leaf key path of ``data`` (lists and scalars are leaves)."""
+    if isinstance(data, dict) and data:
+        for key, value in data.items():
+            _leaf_origins(value, source, f"{prefix}.{key}" if prefix else str(key), origin)
+    elif prefix:
+        origin[prefix] = source
+
+
+def _forget(origin: dict[str, str], path: str) -> None:
+    for key in [k for k in origin if k == path or k.startswith(path + ".")]:
+        del origin[key]
+
+
+def _deep_merge(target: dict, t_origin: dict[str, str], over: dict, o_origin: dict[str, str], prefix: str = "") -> None:
+    """Merge ``over`` into ``target`` in place: mappings merge key by key, lists and scalars replace.
+    The origins (key path -> file) follow the values."""
+    import copy
+
+    for key, value in over.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _deep_merge(target[key], t_origin, value, o_origin, path)
+            continue
+        target[key] = copy.deepcopy(value)
+        _forget(t_origin, path)
+        t_origin.update({k: v for k, v in o_origin.items() if k == path or k.startswith(path + ".")})
+
+
+def _read_recipe(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[str, str]]:
+    """The file's keys over its ``defaults:`` files (each resolved the same way, merged in order), and the file
+    each key path comes from."""
+    chain = (*chain, path)
+    data = _read_yaml_mapping(path, chain)
+    bases = data.pop(DEFAULTS_KEY, None)
+    if bases is None:
+        bases = []
+    elif isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b.strip() for b in bases):
+        raise ConfigError(
+            f"{str(path)!r}: defaults must be a list of YAML files relative to the file's folder, e.g. "
+            f"defaults: [base/cifar10.yaml]; got {bases!r}" + (f" (defaults chain: {_chain_text(chain)})." if len(chain) > 1 else ".")
+        )
+    merged: dict = {}
+    origin: dict[str, str] = {}
+    for entry in bases:
+        base = path.parent / entry
+        if any(base.resolve() == p.resolve() for p in chain):
+            raise ConfigError(
+                f"defaults form a cycle: {_chain_text((*chain, base))}; a file cannot build on itself or on a file "
+                f"that builds on it. Remove {entry!r} from the defaults of {str(path)!r}."
+            )
+        if not base.is_file():
+            siblings = sorted(str(p.relative_to(path.parent)) for p in path.parent.glob("**/*.yaml"))
+            hint = closest(entry, siblings)
+            raise ConfigError(
+                f"defaults entry {entry!r} of {str(path)!r}: {str(base)!r} does not exist (defaults chain: "
+                f"{_chain_text((*chain, base))}); paths are relative to the folder of the file that lists them."
+                + (f" Did you mean {hint!r}?" if hint else "")
+            )
+        base_data, base_origin = _read_recipe(base, chain)
+        _deep_merge(merged, origin, base_data, base_origin)
+    own: dict[str, str] = {}
+    _leaf_origins(data, str(path), "", own)
+    _deep_merge(merged, origin, data, own)
+    return merged, origin
+
+
+def read_recipe(path: str | Path) -> dict:
+    """A recipe's keys with its ``defaults:`` files merged in (no ``defaults`` key, no overrides, not validated):
+    each entry of ``defaults: [base/cifar10.yaml, ...]`` (relative to the recipe's folder, resolved the same way)
+    is merged in order, mappings key by key and lists and scalars replaced, then the recipe's own keys."""
+    return _read_recipe(Path(path), ())[0]
+
+
+def _origin_note(message: str, origin: dict[str, str], recipe: str) -> str:
+    """Which base file set the keys an error names (keys from the recipe itself or an override get no note)."""
+    import re
+
+    notes: dict[str, str] = {}
+    for token in re.findall(r"'([^'\s]+)'|([A-Za-z_]\w*(?:\[\d+\])?(?:\.[A-Za-z_]\w*(?:\[\d+\])?)+)", message):
+        key = re.sub(r"\[\d+\]", "", token[0] or token[1])
+        while key and key not in origin:
+            key = key.rpartition(".")[0]
+        if key and origin[key] != recipe:
+            notes.setdefault(key, origin[key])
+    return " ".join(f"[{key} is set in {src}, a defaults file of {recipe}.]" for key, src in notes.items())
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML recipe (or the defaults when ``path`` is None), apply ``key=value`` overrides, validate."""
+    """Read a YAML recipe (or the defaults when ``path`` is None) with its ``defaults:`` files merged in
+    (:func:`read_recipe`), apply ``key=value`` overrides, validate. Errors about a key a defaults file set name
+    that file."""
     data: dict = {}
+    origin: dict[str, str] = {}
+    recipe = ""
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist; recipes live in configs/ (e.g. configs/quickstart_digits.yaml).")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys, got {type(data).__name__}.")
+        data, origin = _read_recipe(path, ())
+        recipe = str(path)
     for item in overrides:
         keys, value = parse_override(item)
+        if keys[0] == DEFAULTS_KEY:
+            raise ConfigError(f"override {item!r}: defaults are read from the recipe file before any override; list "
+                              "the base files in the recipe (defaults: [base/cifar10.yaml]) or pass another recipe with -c.")
         merge_override(data, keys, value)
-    return validate(_build(Config, data, ""))
+        _forget(origin, ".".join(keys))
+    try:
+        return validate(_build(Config, data, ""))
+    except ConfigError as e:
+        note = _origin_note(str(e), origin, recipe)
+        if note:
+            raise ConfigError(f"{e} {note}") from e
+        raise
 
 
 def to_dict(cfg: Config) -> dict:
