@@ -564,7 +564,8 @@ def _read_recipe(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[str, s
     if not isinstance(bases, list) or not all(isinstance(b, str) and b.strip() for b in bases):
         raise ConfigError(
             f"{str(path)!r}: defaults must be a list of YAML files relative to the file's folder, e.g. "
-            f"defaults: [base/cifar10.yaml]; got {bases!r}" + (f" (defaults chain: {_chain_text(chain)})." if len(chain) > 1 else ".")
+            f"defaults: [base/cifar10.yaml]; got {bases!r}"
+            + (f" (defaults chain: {_chain_text(chain)})." if len(chain) > 1 else ".")
         )
     merged: dict = {}
     origin: dict[str, str] = {}
@@ -628,8 +629,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for item in overrides:
         keys, value = parse_override(item)
         if keys[0] == DEFAULTS_KEY:
-            raise ConfigError(f"override {item!r}: defaults are read from the recipe file before any override; list "
-                              "the base files in the recipe (defaults: [base/cifar10.yaml]) or pass another recipe with -c.")
+            raise ConfigError(f"override {item!r}: defaults are read from the recipe file before any override; "
+                              "list the base files in the recipe (defaults: [base/cifar10.yaml]) or use another -c.")
         merge_override(data, keys, value)
         _forget(origin, ".".join(keys))
     try:
