@@ -6,7 +6,6 @@ config.yaml."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,8 +20,10 @@ SNAPSHOT = json.loads((ROOT / "tests" / "data" / "resolved_recipes.json").read_t
 RECIPES = sorted(CONFIGS.glob("*.yaml"))
 MAX_OWN_LINES = 25
 
-sys.path.insert(0, str(ROOT / "scripts"))
-from snapshot_recipes import resolve  # noqa: E402
+
+def resolve(path: Path) -> dict:
+    """The recipe's resolved config as JSON data, as scripts/snapshot_recipes.py writes it."""
+    return json.loads(json.dumps(to_dict(load_config(path))))
 
 
 def own_lines(path: Path) -> list[str]:
