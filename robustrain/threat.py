@@ -29,6 +29,8 @@ class ThreatModel(ABC):
     """A norm ball of radius ``eps`` intersected with the [0,1] box."""
 
     norm: str = ""
+    pgd_start_rule = "uniform in the ε-ball, clipped to the box"
+    """What :meth:`pgd_start` draws, in words (attack settings and reports)."""
 
     def __init__(self, eps: float):
         eps = float(eps)
@@ -38,6 +40,10 @@ class ThreatModel(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(eps={self.eps:.6g})"
+
+    def scaled(self, factor: float) -> "ThreatModel":
+        """The same ball with radius ``factor·ε`` (the ε warm-up's radius; see :meth:`Attack.scaled`)."""
+        return type(self)(self.eps * factor)
 
     @abstractmethod
     def norms(self, delta: Tensor) -> Tensor:
@@ -107,6 +113,7 @@ class L2Ball(ThreatModel):
 
     norm = "l2"
     _tiny = 1e-12
+    pgd_start_rule = "Gaussian direction with radius U(0, ε), clipped to the box"
 
     def norms(self, delta: Tensor) -> Tensor:
         return delta.flatten(1).norm(p=2, dim=1)

@@ -366,3 +366,104 @@ def test_first_batch_bn_mode_eval_is_the_awp_rwp_loops_first_batch(tmp_path):
         load_config(quick, ["attack.first_batch_bn_mode=sometimes"])
     with pytest.raises(ConfigError, match="first_batch_bn_mode"):
         load_config(quick, ["validation.attack={name: pgd, first_batch_bn_mode: eval}"])
+
+
+# -- describing and scaling (Attack.settings, Attack.scaled) ---------------------------------------------------------
+def _options(name: str) -> st.SearchStrategy[dict]:
+    """Configured values of every option of attack ``name`` (each one drawn or left out)."""
+    common = {"bn_mode": st.sampled_from(["eval", "train"]), "first_batch_bn_mode": st.sampled_from([None, "eval"]),
+              "step": st.floats(0.0, 0.2)}
+    own = {
+        "fgsm": {"init_scale": st.floats(0.0, 3.0), "project": st.booleans()},
+        "pgd": {"steps": st.integers(1, 20), "restarts": st.integers(1, 4), "random_start": st.booleans(),
+                "keep_best": st.booleans()},
+        "trades": {"steps": st.integers(1, 20), "restarts": st.integers(1, 4), "random_start": st.booleans(),
+                   "keep_best": st.booleans(), "loss": st.sampled_from(["kl", "ce"]), "init_std": st.floats(0.0, 0.01),
+                   "clip_init": st.booleans()},
+        "fgsm_mep": {"momentum_decay": st.floats(0.0, 1.0), "reset_every": st.integers(0, 50),
+                     "init": st.sampled_from(["sign", "zero"]), "clip_init": st.booleans(),
+                     "label_smoothing": st.floats(0.0, 0.9), "buffer_device": st.sampled_from([None, "cpu"])},
+    }
+    strategies = {**common, **own.get("fgsm" if name in ("fgsm_rs", "nfgsm") else name, {})}
+    chosen = st.fixed_dictionaries({}, optional=strategies)
+    if name in ("fgsm", "fgsm_rs", "nfgsm"):  # clip: false leaves the box everywhere, so clip_init must be false too
+        clip = st.sampled_from([{}, {"clip": True}, {"clip": True, "clip_init": False}, {"clip": False}])
+        chosen = st.builds(lambda a, b: {**a, **b}, chosen, clip)
+    return chosen
+
+
+@st.composite
+def configured_attack(draw, norms=("linf", "l2")):
+    name = draw(st.sampled_from(sorted(ATTACKS)))
+    norm = draw(st.sampled_from(norms))
+    eps = draw(st.floats(0.001, 0.5))
+    return name, make_threat(norm, eps), draw(_options(name))
+
+
+@given(configured=configured_attack(), factor=st.floats(0.0, 2.0), second=st.floats(0.0, 1.0))
+def test_scaled_scales_radius_and_step_and_nothing_else(configured, factor, second):
+    name, threat, options = configured
+    attack = build_attack(name, threat, **options)
+    before = dict(vars(attack))
+    scaled = attack.scaled(factor)
+    assert dict(vars(attack)) == before and attack.threat is threat  # the original is untouched
+    assert type(scaled) is type(attack) and type(scaled.threat) is type(threat)
+    assert scaled.threat.eps == threat.eps * factor and scaled.step == attack.step * factor
+    for key, value in vars(attack).items():
+        if key not in ("threat", "step", "_scale"):
+            assert vars(scaled)[key] is value, key  # everything else, shared state included, is the original's
+    assert set(vars(scaled)) == set(vars(attack))
+    s0, s1 = attack.settings(), scaled.settings()
+    changed = {k for k in s0 if s0[k] != s1[k]}
+    assert changed <= {"radius", "scale", "step", "max_norm", "step_rule"}
+    assert s1["radius"] == threat.eps * factor and s1["step"] == attack.step * factor and s1["scale"] == factor
+    assert s1["max_norm"] == pytest.approx(factor * s0["max_norm"], rel=1e-9, abs=1e-12)
+    if "step" not in options:
+        assert s1["step_rule"] == s0["step_rule"]  # a default rule (1.25·ε, ε/4) holds at every radius
+    twice = scaled.scaled(second)  # scaling composes
+    assert twice.threat.eps == threat.eps * factor * second and twice.settings()["scale"] == factor * second
+
+
+def test_scaled_rejects_a_bad_factor():
+    attack = build_attack("pgd", make_threat("linf", 0.1))
+    for bad in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="scale factor"):
+            attack.scaled(bad)
+
+
+@given(configured=configured_attack())
+def test_settings_round_trip_the_configured_values(configured):
+    import json
+
+    from robustrain.attacks import attack_arguments
+
+    name, threat, options = configured
+    attack = build_attack(name, threat, **options)
+    settings = attack.settings()
+    json.dumps(settings)  # plain data
+    for key, value in options.items():
+        assert settings[key] == value, key
+    assert settings["name"] == name and settings["norm"] == threat.norm and settings["radius"] == threat.eps
+    assert settings["step"] == attack.step and settings["scale"] == 1.0
+    rebuilt_options = {k: settings[k] for k in attack_arguments(type(attack))
+                       if k in settings and k not in ("amp_dtype", "loss_fn")}
+    rebuilt = build_attack(name, threat, **rebuilt_options).settings()
+    assert {k: v for k, v in rebuilt.items() if k != "step_rule"} == {k: v for k, v in settings.items()
+                                                                       if k != "step_rule"}
+
+
+def test_settings_state_the_real_step_and_its_rule():
+    threat = make_threat("linf", 8 / 255)
+    expected = {"fgsm": (8 / 255, "ε"), "fgsm_rs": (10 / 255, "1.25·ε"), "nfgsm": (8 / 255, "ε"),
+                "pgd": (2 / 255, "ε/4"), "trades": (2 / 255, "ε/4"), "fgsm_mep": (8 / 255, "ε")}
+    assert set(expected) == set(ATTACKS)
+    for name, (step, rule) in expected.items():
+        s = build_attack(name, threat).settings()
+        assert s["step"] == pytest.approx(step) and s["step_rule"] == rule, name
+    pgd = build_attack("pgd", threat, steps=50, restarts=10, step=2 / 255)
+    assert pgd.settings()["step_rule"] == "fixed 2/255" and pgd.label == "pgd-50-10"
+    assert pgd.scaled(0.5).settings()["step_rule"] == "fixed 2/255, scaled by 0.5"
+    assert build_attack("trades", threat, step=0.007).settings()["step_rule"] == "fixed 0.007"
+    assert build_attack("trades", threat).label == "trades"
+    s = build_attack("nfgsm", threat).settings()
+    assert s["projection"] == "none" and s["max_norm"] == pytest.approx(3 * 8 / 255) and s["steps"] == 1

@@ -9,10 +9,12 @@ work), and restores model mode, BatchNorm statistics, parameter ``.grad`` and ``
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
+import math
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -56,8 +58,8 @@ class AttackResult:
 
 
 class _CompileState:
-    """An attack's compiled loss and whether compiling failed, shared with its shallow copies (the Trainer's
-    ε warm-up copies the attack every step), so a failure is tried and reported once."""
+    """An attack's compiled loss and whether compiling failed, shared with its shallow copies (the ε warm-up's
+    :meth:`Attack.scaled` copies the attack every step), so a failure is tried and reported once."""
 
     def __init__(self) -> None:
         self.fn: Callable[..., tuple[Tensor, Tensor, Tensor]] | None = None  # built on first use
@@ -125,6 +127,24 @@ def attack_guard(model: nn.Module, bn_mode: str = "eval", update_bn_stats: bool 
             p.grad = grad
 
 
+def format_step(value: float, norm: str) -> str:
+    """A length in input units as papers write it: a short decimal as it is (0.1, 0.007), else ``k/255`` for L∞ when
+    k is a multiple of 0.5 (2/255), else six significant digits."""
+    value = float(value)
+    if float(f"{value:.4g}") == value:
+        return f"{value:.4g}"
+    if norm == "linf":
+        k2 = value * 255 * 2
+        if abs(k2 - round(k2)) < 1e-6:
+            return f"{round(k2) / 2:g}/255"
+    return f"{value:.6g}"
+
+
+def ratio_rule(ratio: float) -> str:
+    """The step rule of a step that is ``ratio·ε``: "ε", "1.25·ε"."""
+    return "ε" if ratio == 1 else f"{ratio:g}·ε"
+
+
 def check_inputs(x: Tensor, y: Tensor) -> None:
     """Raise a clear error when inputs are not a batch of images in [0,1] with matching labels."""
     if not torch.is_floating_point(x):
@@ -166,9 +186,18 @@ class Attack:
             seconds on CPU). On CPU (width-16 PreActResNet-18, batch 128) PGD-10 ran about 1.5x faster
             than eager with a contiguous model and 1.2-1.4x with a channels_last one (results/bench_attack.md).
             When compilation fails the attack warns once and runs eagerly from then on.
+
+    Describing and scaling itself: :meth:`settings` states everything the attack does (its real step and the rule
+    that chose it, radius, start, projection, box clip, BatchNorm mode, ...) as plain data, so reports never guess;
+    :meth:`scaled` is the same attack at a fraction of its radius (the ε warm-up), with every field listed in
+    :attr:`scaled_fields` scaled along.
     """
 
     name = "attack"
+    scaled_fields: tuple[str, ...] = ()
+    """The attack's lengths in input units that scale with the radius in :meth:`scaled` (``("step",)`` for every
+    attack of the library). Lengths given in units of ε (FGSM's ``init_scale``) follow the radius by themselves;
+    lengths that do not depend on ε (TRADES' ``init_std``) are not listed."""
 
     def __init__(
         self,
@@ -194,11 +223,87 @@ class Attack:
         self.amp_dtype = amp_dtype
         self.compile = bool(compile)
         self._compile_state = _CompileState()
+        self._scale = 1.0  # radius and step relative to the attack as configured (scaled() multiplies it)
+        self._step_given: float | None = None  # the configured step (input units), None when the default rule chose it
+        self._default_step_rule: str | None = None
 
     @property
     def max_norm(self) -> float:
         """Radius of the ball every output lies in (ε, except for attacks that do not project)."""
         return self.threat.eps
+
+    # -- describing and scaling ---------------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        """The attack's name in tables and reports (``pgd-50-10`` for PGD, else :attr:`name`)."""
+        return self.name
+
+    def _record_step(self, given: float | None, default_rule: str) -> None:
+        """Remember how ``self.step`` was chosen, for :attr:`step_rule`: ``given`` (input units) when the caller set
+        it, else ``default_rule`` (e.g. "1.25·ε")."""
+        self._step_given = None if given is None else float(given)
+        self._default_step_rule = default_rule
+
+    @property
+    def step_rule(self) -> str | None:
+        """How the step was chosen: the default's rule relative to ε ("ε", "1.25·ε", "ε/4"; it holds for scaled
+        copies too), "fixed 2/255" for a configured step (", scaled by f" on a scaled copy), None for an attack
+        without a step or one that does not record it."""
+        if getattr(self, "step", None) is None:
+            return None
+        given = getattr(self, "_step_given", None)
+        if given is None:
+            return getattr(self, "_default_step_rule", None)
+        scale = getattr(self, "_scale", 1.0)
+        rule = f"fixed {format_step(given, self.threat.norm)}"
+        return rule if scale == 1.0 else f"{rule}, scaled by {scale:.6g}"
+
+    def scaled(self, factor: float) -> "Attack":
+        """A shallow copy whose radius and every length in :attr:`scaled_fields` (the step) are multiplied by
+        ``factor`` (the ε warm-up: the Trainer's training attack, the overfitting monitor's probes); nothing else
+        changes, and state is shared with the original (the compiled loss, ``fgsm_mep``'s per-example buffers)."""
+        factor = float(factor)
+        if not math.isfinite(factor) or factor < 0:
+            raise ConfigError(f"{self.name}: the scale factor must be a finite number >= 0, got {factor!r}.")
+        out = copy.copy(self)
+        out.threat = self.threat.scaled(factor)
+        for field_name in self.scaled_fields:
+            setattr(out, field_name, getattr(self, field_name) * factor)
+        out._scale = getattr(self, "_scale", 1.0) * factor
+        return out
+
+    def _procedure(self) -> dict[str, Any]:
+        """steps, restarts, start, projection and box_clip in words (subclasses say what they do)."""
+        return {"steps": None, "restarts": None, "start": None, "projection": None, "box_clip": None}
+
+    def _options(self) -> dict[str, Any]:
+        """The subclass's own constructor options under their argument names, as configured (resolved)."""
+        return {}
+
+    def loss_name(self) -> str:
+        """The attack loss in words (the function's name, or its repr)."""
+        return getattr(self.loss_fn, "__name__", None) or repr(self.loss_fn)
+
+    def settings(self) -> dict[str, Any]:
+        """What this attack does, as JSON-ready plain data (what reports and logs state, so no caller guesses).
+
+        Keys, in this order: ``name``, ``label``, ``norm``, ``radius`` (its ε: a scaled copy's is the scaled one),
+        ``scale`` (radius and step relative to the attack as configured: 1, or the warm-up factor), ``step`` (input
+        units, the real one; None without a step), ``step_rule`` (:attr:`step_rule`), ``steps``, ``restarts``,
+        ``start``, ``projection``, ``box_clip`` (in words), ``max_norm``, ``bn_mode``, ``update_bn_stats``,
+        ``first_batch_bn_mode``, ``loss_fn``, ``amp_dtype``, ``compile``, then the subclass's own constructor options
+        under their argument names (``init_scale``, ``keep_best``, ...), so the configured values read back.
+        """
+        return {
+            "name": self.name, "label": self.label, "norm": self.threat.norm, "radius": self.threat.eps,
+            "scale": getattr(self, "_scale", 1.0), "step": getattr(self, "step", None), "step_rule": self.step_rule,
+            **self._procedure(),
+            "max_norm": self.max_norm, "bn_mode": self.bn_mode, "update_bn_stats": self.update_bn_stats,
+            "first_batch_bn_mode": self.first_batch_bn_mode, "loss_fn": self.loss_name(),
+            "amp_dtype": None if self.amp_dtype is None else str(self.amp_dtype).removeprefix("torch."),
+            "compile": self.compile,
+            **self._options(),
+        }
 
     def __repr__(self) -> str:
         skip = {"threat", "loss_fn"}

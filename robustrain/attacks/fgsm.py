@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from .. import kernels
 from ..errors import ConfigError
 from ..threat import ThreatModel
-from .base import Attack, AttackResult
+from .base import Attack, AttackResult, ratio_rule
 
 
 class FGSM(Attack):
@@ -42,6 +42,7 @@ class FGSM(Attack):
     """
 
     name = "fgsm"
+    scaled_fields = ("step",)  # init_scale is in units of ε: it follows the radius by itself
     default_step_ratio = 1.0
     default_init_scale = 0.0
     default_project = True
@@ -63,6 +64,7 @@ class FGSM(Attack):
             raise ConfigError(f"{self.name}: clip_init: true with clip: false is not an attack of any official code; "
                               "clip: false leaves the box everywhere (ELLE), clip_init: false only at the start (Wong MNIST).")
         self.step = float(self.default_step_ratio * threat.eps if step is None else step)
+        self._record_step(step, ratio_rule(self.default_step_ratio))
         self.init_scale = float(self.default_init_scale if init_scale is None else init_scale)
         self.project = self.default_project if project is None else bool(project)
         self.clip = bool(clip)
@@ -82,6 +84,20 @@ class FGSM(Attack):
         if self.project:
             return self.threat.eps
         return self.init_scale * self.threat.eps + self.step
+
+    def _procedure(self) -> dict:
+        if self.init_scale <= 0:
+            start = "the clean point"
+        else:
+            start = (f"uniform in the {ratio_rule(self.init_scale)} ball, "
+                     + ("clipped to the box" if self.clip_init else "not clipped to the box"))
+        box = "start and result" if self.clip_init else "result only" if self.clip else "none (leaves the box)"
+        return {"steps": 1, "restarts": 1, "start": start, "projection": "ε-ball" if self.project else "none",
+                "box_clip": box}
+
+    def _options(self) -> dict:
+        return {"init_scale": self.init_scale, "project": self.project, "clip": self.clip,
+                "clip_init": self.clip_init}
 
     def run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> AttackResult:
         if self.init_scale <= 0:

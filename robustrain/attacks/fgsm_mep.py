@@ -58,14 +58,14 @@ from torch import Tensor, nn
 from ..distributed import all_gather_cat, all_reduce_sum, broadcast_object, current
 from ..errors import CheckpointError, ConfigError
 from ..threat import ThreatModel
-from .base import Attack, AttackResult
+from .base import Attack, AttackResult, ratio_rule
 
 INITS = ("sign", "zero")
 
 
 class _MEPState:
-    """The buffers and the block they were initialised for, shared by the shallow copies the Trainer's ε warm-up
-    makes of the attack (so a copy's update lands in the original's buffer)."""
+    """The buffers and the block they were initialised for, shared by the shallow copies the ε warm-up makes of the
+    attack (:meth:`Attack.scaled`, so a copy's update lands in the original's buffer)."""
 
     def __init__(self) -> None:
         self.prior: Tensor | None = None
@@ -123,6 +123,7 @@ class FGSMMEP(Attack):
     """
 
     name = "fgsm_mep"
+    scaled_fields = ("step",)
     needs_indices = True
     behaviour_note = ("its one code-vs-library difference is an explicit option: clip_init: false is the official "
                       "FGSM_MEP_CS.py start point x + δ_prior, unclipped to the box; true, the default, clips it")
@@ -147,6 +148,7 @@ class FGSMMEP(Attack):
             kwargs["loss_fn"] = SmoothedCrossEntropy(smoothing)
         super().__init__(threat, **kwargs)
         self.step = float(threat.eps if step is None else step)
+        self._record_step(step, ratio_rule(1.0))
         self.momentum_decay = float(momentum_decay)
         if isinstance(reset_every, bool) or not isinstance(reset_every, int) or reset_every < 0:
             raise ConfigError(f"{self.name}: reset_every must be an int >= 0 (0: never), got {reset_every!r}.")
@@ -168,6 +170,17 @@ class FGSMMEP(Attack):
         """Whether every returned point lies in the [0,1] box: ``x_adv`` always does; the start point ``x_init``
         only with ``clip_init`` (the code's start point may leave the box by up to ε)."""
         return self.clip_init
+
+    def _procedure(self) -> dict:
+        start = (f"per-example prior ({self.init} init, momentum {self.momentum_decay:g}, reset every "
+                 f"{self.reset_every} epochs), " + ("clipped to the box" if self.clip_init else "not clipped to the box"))
+        return {"steps": 1, "restarts": 1, "start": start, "projection": "ε-ball",
+                "box_clip": "start and result" if self.clip_init else "result only"}
+
+    def _options(self) -> dict:
+        return {"momentum_decay": self.momentum_decay, "reset_every": self.reset_every, "init": self.init,
+                "clip_init": self.clip_init, "label_smoothing": self.label_smoothing,
+                "buffer_device": self.buffer_device}
 
     # -- calling -------------------------------------------------------------------------------------
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None,

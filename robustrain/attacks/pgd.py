@@ -50,6 +50,7 @@ class PGD(Attack):
     """
 
     name = "pgd"
+    scaled_fields = ("step",)
 
     def __init__(
         self,
@@ -68,8 +69,25 @@ class PGD(Attack):
         self.steps = int(steps)
         self.restarts = int(restarts)
         self.step = float(threat.eps / 4 if step is None else step)
+        self._record_step(step, "ε/4")
         self.random_start = bool(random_start)
         self.keep_best = bool(keep_best)
+
+    @property
+    def label(self) -> str:
+        return f"pgd-{self.steps}-{self.restarts}" if self.name == "pgd" else self.name
+
+    def _start_rule(self) -> str:
+        return self.threat.pgd_start_rule
+
+    def _procedure(self) -> dict:
+        return {"steps": self.steps, "restarts": self.restarts,
+                "start": self._start_rule() if self.random_start else "the clean point",
+                "projection": "ε-ball", "box_clip": "every step"}
+
+    def _options(self) -> dict:
+        return {"steps": self.steps, "restarts": self.restarts, "random_start": self.random_start,
+                "keep_best": self.keep_best}
 
     def start(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
         """The random start of one restart (fp32): uniform in the ball ∩ box; presets may override it."""

@@ -47,6 +47,9 @@ class TRADESAttack(PGD):
         init_std: standard deviation of the Gaussian start (0.001).
         clip_init: clip the start to the [0,1] box before the first gradient (default true); false is the official
             TRADES / MART code (``x_adv = x + 0.001·randn`` fed to the model as it is).
+
+    ``init_std`` is in input units and does not scale with ε (the official codes use 0.001 at every ε), so
+    :meth:`scaled` scales only the radius and the step.
         keep_best: off (last iterate, as the official codes).
         **kwargs: ``steps``, ``step``, ``restarts`` of :class:`PGD`; ``bn_mode`` (set ``eval``: the official
             codes attack in eval mode), ``amp_dtype`` of :class:`Attack`.
@@ -69,6 +72,16 @@ class TRADESAttack(PGD):
         self.init_std = float(init_std)
         self.clip_init = bool(clip_init)
         self.loss_fn = cross_entropy
+
+    def _start_rule(self) -> str:
+        return (f"x + {self.init_std:g}·N(0, I), projected onto the ε-ball, "
+                + ("clipped to the box" if self.clip_init else "not clipped to the box"))
+
+    def _options(self) -> dict:
+        return {**super()._options(), "loss": self.loss, "init_std": self.init_std, "clip_init": self.clip_init}
+
+    def loss_name(self) -> str:
+        return "kl_from_clean" if self.loss == "kl" else "cross_entropy"
 
     def start(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
         noise = self.init_std * torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
