@@ -364,7 +364,6 @@ def make_probe(x, y, every: int, window: int = 5, floor: float = 0.2):
 
     from robustrain.evaluation import evaluate
     from robustrain.training import Callback
-    from robustrain.training.trainer import scaled_attack
 
     class Probe(Callback):
         def __init__(self):
@@ -377,7 +376,7 @@ def make_probe(x, y, every: int, window: int = 5, floor: float = 0.2):
             t0 = time.perf_counter()
             attack = trainer.val_attack
             if trainer.eps_factor() < 1.0:
-                attack = scaled_attack(attack, trainer.eps_factor())
+                attack = attack.scaled(trainer.eps_factor())
             gen = torch.Generator(device=trainer.device).manual_seed(12345)
             res = evaluate(trainer.model, [(x.to(trainer.device), y.to(trainer.device))], {"pgd": attack},
                            generator=gen, amp_dtype=trainer.amp_dtype)

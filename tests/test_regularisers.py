@@ -256,6 +256,54 @@ def test_elle_behaviour_through_the_config_and_the_trainer(tmp_path):
     assert ELLE(THREAT).behaviour == "paper" and ELLE(THREAT).optimizer_steps == 1  # the default is the paper
 
 
+@pytest.mark.parametrize("warmup_epochs", [2, 0], ids=["eps_warmup", "no_warmup"])
+def test_elle_and_gradalign_draw_in_the_radius_the_attack_used(tmp_path, monkeypatch, warmup_epochs):
+    """During the ε warm-up the step context carries the attack's scaled threat model: ELLE's triplets and
+    GradAlign's η lie in the ball the attack used at that step, not in the full ε-ball; without warm-up: full ε."""
+    import robustrain.kernels as kernels_module
+    import robustrain.regularisers.gradalign as gradalign_module
+
+    seen: dict[str, list[tuple[float, float]]] = {"elle": [], "gradalign": []}
+    triplets, points = kernels_module.elle_triplets, gradalign_module.random_points
+
+    def spy_triplets(threat, x, generator=None, **kw):
+        out = triplets(threat, x, generator, **kw)
+        seen["elle"].append((threat.eps, max(float((p - x).abs().max()) for p in out[:2])))
+        return out
+
+    def spy_points(ctx, threat, clip):
+        out = points(ctx, threat, clip)
+        seen["gradalign"].append((threat.eps, float((out - ctx.x).abs().max())))
+        return out
+
+    monkeypatch.setattr(kernels_module, "elle_triplets", spy_triplets)
+    monkeypatch.setattr(gradalign_module, "random_points", spy_points)
+    cfg = load_config(QUICK, ["regularisers=[{name: elle, lam: 1}, {name: gradalign, lam: 0.1}]",
+                              "attack={name: fgsm, bn_mode: train}", f"train.eps_warmup_epochs={warmup_epochs}",
+                              "train.epochs=3", "data.train_subset=128", "data.batch_size=64", "data.val_size=64",
+                              "validation.attack={name: pgd, steps: 1, restarts: 1}", "validation.fgsm=false",
+                              "wandb.mode=disabled", "train.progress=false", f"out_dir={tmp_path}"])
+    trainer, _ = build_trainer(cfg, tmp_path / "run")
+    attack_eps = []
+    original_call = type(trainer.attack).__call__
+
+    def record_attack(self, model, x, y, **kw):
+        attack_eps.append(self.threat.eps)
+        return original_call(self, model, x, y, **kw)
+
+    monkeypatch.setattr(type(trainer.attack), "__call__", record_attack)  # FGSM: the training attack only
+    trainer.fit()
+    steps = 2 * warmup_epochs  # two batches per epoch
+    expected = [EPS * min(1.0, (s + 1) / steps) if steps else EPS for s in range(6)]
+    assert trainer.step == 6 and attack_eps == pytest.approx(expected)
+    for name in ("elle", "gradalign"):
+        radii = [r for r, _ in seen[name]]
+        assert radii == pytest.approx(expected), name  # the attack's radius of each step
+        assert all(dist <= r + 1e-6 for r, dist in seen[name]), name  # the points lie in that ball
+    if steps:
+        assert seen["elle"][0][1] < EPS / 2 and seen["gradalign"][0][1] < EPS / 2  # not the full ε-ball
+
+
 @pytest.mark.parametrize("init_scale", [0.0, 2.0], ids=["elle_fgsm", "nfgsm_elle_a"])
 def test_fgsm_clip_false_leaves_the_box_like_the_official_elle_attack(init_scale, batch):
     x, y = batch  # digits: many pixels exactly 0 or 1

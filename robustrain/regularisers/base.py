@@ -2,6 +2,11 @@
 
 Every random draw comes from the trainer's generator (``ctx.generator``), so a resumed run draws the same
 numbers as an uninterrupted one; every forward runs under ``ctx.autocast()`` with the loss in fp32.
+
+Which radius a term uses: points in the ε-ball are drawn in the threat model of the step (``ctx.threat``, see
+:func:`step_threat`), the one the attack used, so during the ε warm-up ELLE's triplets and GradAlign's η shrink with
+the attack. Weights chosen from ε at construction (ELLE's λ, GradAlign's λ, AAER's λ2/λ3) stay those of the full ε;
+AAER, ConvergeSmooth and weight centralisation use no radius at step time.
 """
 from __future__ import annotations
 
@@ -28,6 +33,12 @@ def eps_pixels(threat: ThreatModel) -> float:
     return round(threat.eps * 255, 6)
 
 
+def step_threat(ctx: StepContext, own: ThreatModel) -> ThreatModel:
+    """The threat model of this step: the one the attack used (``ctx.threat``: the ε warm-up's scaled one), or the
+    term's ``own`` when the context carries none (a context built outside the Trainer)."""
+    return own if ctx.threat is None else ctx.threat
+
+
 def random_points(ctx: StepContext, threat: ThreatModel, clip: bool) -> Tensor:
     """``x + η`` with η uniform in the ε-ball (U[−ε, ε]^d for L∞), drawn from ``ctx.generator``; clipped to
     the [0,1] box only when ``clip`` (fp32 arithmetic, returned in the input dtype)."""
@@ -43,4 +54,5 @@ def zero_loss(ctx: StepContext) -> Tensor:
     return torch.zeros((), device=ctx.x.device)
 
 
-__all__ = ["LossTerm", "StepContext", "eps_pixels", "per_example_ce", "random_points", "wide", "zero_loss"]
+__all__ = ["LossTerm", "StepContext", "eps_pixels", "per_example_ce", "random_points", "step_threat", "wide",
+           "zero_loss"]

@@ -19,6 +19,8 @@ Paper vs code (``behaviour``):
   [0,1]; the code-behaviour recipes pair this with the FGSM option ``clip: false``.
 * The triplet points are not clipped to [0,1] (``clip: false``), as in the paper's formula and the official CIFAR
   code; ``clip: true`` clips them to the image box as the official ImageNet code does.
+* The triplet radius is the attack's of the step (``ctx.threat``): during an ε warm-up the triplets shrink with the
+  attack (the official CIFAR code has no warm-up); λ stays the full ε's.
 * The 3B triplet forward is separate from the x_adv forward (the objective's), as in the official code
   (``self.model(torch.cat((x_ab, x_c)))``): BatchNorm in train mode normalises the triplet batch with its own
   statistics and updates the running statistics once more.
@@ -33,7 +35,7 @@ import torch
 from .. import kernels
 from ..errors import ConfigError
 from ..threat import ThreatModel
-from .base import LossTerm, StepContext, eps_pixels, per_example_ce, wide
+from .base import LossTerm, StepContext, eps_pixels, per_example_ce, step_threat, wide
 
 
 def elle_default_lambda(threat: ThreatModel) -> float:
@@ -72,7 +74,8 @@ class _LinearityError(LossTerm):
     def linearity_error(self, ctx: StepContext) -> torch.Tensor:
         """E_lin of the batch (scalar, fp32, with the graph to the weights)."""
         b = ctx.x.shape[0]
-        x_a, x_b, x_c, a = kernels.elle_triplets(self.threat, ctx.x, ctx.generator, clip=self.clip)
+        threat = step_threat(ctx, self.threat)  # the attack's radius (scaled during the ε warm-up)
+        x_a, x_b, x_c, a = kernels.elle_triplets(threat, ctx.x, ctx.generator, clip=self.clip)
         a = a.to(wide(ctx.x).dtype)
         with ctx.autocast():
             logits = ctx.model(torch.cat([x_a, x_b, x_c]))
@@ -84,7 +87,8 @@ class ELLE(_LinearityError):
     """ELLE with a constant weight: ``λ·E_lin``.
 
     Args:
-        threat: the threat model (ε sets the triplet radius and the default λ).
+        threat: the threat model (ε sets the default λ, and the triplet radius when the step context carries no
+            threat model; the Trainer's carries the attack's).
         lam: λ; default per ε from the paper (1000 for ε ≤ 8/255, 5000 for 10–20/255, 10000 for 22–26/255).
         clip: clip the triplet points to [0,1] (off in the paper and the official CIFAR code).
         behaviour: ``paper`` (one optimiser step per batch) or ``code`` (two, as the official loop).

@@ -22,7 +22,7 @@ import torch
 
 from ..errors import ConfigError
 from ..threat import ThreatModel
-from .base import LossTerm, StepContext, eps_pixels, per_example_ce, random_points, wide
+from .base import LossTerm, StepContext, eps_pixels, per_example_ce, random_points, step_threat, wide
 
 
 def gradalign_default_lambda(threat: ThreatModel) -> float:
@@ -46,7 +46,8 @@ class GradAlign(LossTerm):
     """Gradient alignment penalty ``λ·(1 − mean cos(∇ₓℓ(x), ∇ₓℓ(x+η)))`` with double backprop.
 
     Args:
-        threat: the threat model (η is uniform in its ε-ball).
+        threat: the threat model (ε sets the default λ; η is uniform in the ε-ball of the step context's threat model,
+            the attack's, scaled during an ε warm-up; this one when the context carries none).
         lam: λ; default 0.02·10^(ε·255/8), capped at 2.0 (the official per-ε scripts).
         reuse_attack_grad: take the first gradient from the attack (``AttackResult.grad_init``, no extra pass);
             false computes it at the clean point.
@@ -74,7 +75,8 @@ class GradAlign(LossTerm):
 
     def __call__(self, ctx: StepContext) -> dict[str, Any]:
         g1 = wide(self.first_gradient(ctx).flatten(1))
-        g2 = wide(input_gradient(ctx, random_points(ctx, self.threat, self.clip), create_graph=True).flatten(1))
+        points = random_points(ctx, step_threat(ctx, self.threat), self.clip)  # η in the attack's ball of the step
+        g2 = wide(input_gradient(ctx, points, create_graph=True).flatten(1))
         n1, n2 = g1.norm(dim=1), g2.norm(dim=1)
         keep = (n1 != 0) & (n2 != 0)
         if not bool(keep.any()):

@@ -13,14 +13,49 @@ import torch
 from torch import Tensor, nn
 
 from ..attacks import AttackResult
+from ..threat import ThreatModel
 
 
 @dataclass
 class StepContext:
-    """Everything a training step knows, handed to the objective, loss terms and weight perturbation.
+    """Everything a training step knows, handed to the objective, the weight perturbation and the loss terms.
 
-    ``logits_adv`` is filled by the objective (the training forward on ``result.x_adv``) before the loss
-    terms run, so a term can reuse it instead of running its own forward.
+    The Trainer builds one per step, after the attack, and hands it on in this order; each field has one writer:
+
+    ====================  =====================================  ====================================================
+    field                 written by, when                       read by
+    ====================  =====================================  ====================================================
+    model … autocast,     the Trainer, at construction (before   everyone
+    optimizer, threat     the objective); never changed
+    logits_adv            the objective, on every call: the      AAER (z^adv), the Trainer's training accuracy
+                          forward on ``result.x_adv``. The       (``sync_step``); a term may reuse it instead of
+                          weight perturbation's ``loss_fn()``    running its own forward
+                          calls the objective at perturbed
+                          weights first; the Trainer's own call
+                          (inside the perturbation, before the
+                          terms) writes the value terms see
+    extras                loss terms, in list order (the         later terms of the same step; empty at construction,
+                          library's terms write nothing)         never carried to the next step
+    ====================  =====================================  ====================================================
+
+    Per step: attack → ``StepContext(...)`` → [``weight_perturbation.applied(ctx, loss_fn)`` enters] →
+    ``objective(ctx)`` (sets ``logits_adv``) → each term's ``term(ctx)`` in list order → backward, optimiser step →
+    [perturbation exits] → each term's ``after_step(ctx, out)``.
+
+    Fields (positional order):
+        model: the module the training forwards go through (the model, or its DDP / compiled wrapper).
+        x, y: the clean batch (inputs in [0,1]) and its labels.
+        result: the attack's :class:`~robustrain.attacks.AttackResult` for this batch.
+        epoch: finished epochs (0-based epoch of this step); step: finished optimiser steps.
+        generator: the trainer's generator; every random draw of a term comes from it.
+        autocast: a callable giving the training forward's autocast context.
+        logits_adv: see the table; None until the objective ran.
+        extras: see the table.
+        optimizer: the trainer's optimiser (LAP's official-code behaviour steps it).
+        threat: the threat model the attack of this step used: during the ε warm-up the scaled one
+            (``Attack.scaled``), else the configured one. Terms that draw points in the ε-ball use it (ELLE's triplets,
+            GradAlign's η; :func:`robustrain.regularisers.base.step_threat`); None (a context built outside the
+            Trainer) means: the term's own threat model.
     """
 
     model: nn.Module
@@ -33,7 +68,8 @@ class StepContext:
     autocast: Callable[[], contextlib.AbstractContextManager]
     logits_adv: Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
-    optimizer: torch.optim.Optimizer | None = None  # the trainer's (LAP's official-code behaviour steps it)
+    optimizer: torch.optim.Optimizer | None = None
+    threat: ThreatModel | None = None
 
 
 class LossTerm:

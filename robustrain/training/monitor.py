@@ -34,7 +34,6 @@ from ..errors import ConfigError
 from ..evaluation import evaluate
 from ..threat import ThreatModel
 from .callbacks import Callback
-from .trainer import scaled_attack
 from .monitor_rules import History, Rule, build_rule
 from .monitor_rules._stats import first_decay
 from .overfitting import Check, COThresholds, co_rules
@@ -195,7 +194,7 @@ class OverfitMonitor(Callback):
         gen = torch.Generator(device=x.device).manual_seed(self.seed)
         attacks = {"fgsm": self.fgsm, "pgd": self.pgd}
         if factor < 1.0:
-            attacks = {k: scaled_attack(a, factor) for k, a in attacks.items()}
+            attacks = {k: a.scaled(factor) for k, a in attacks.items()}
         res = evaluate(trainer.model, [(x, y)], attacks, generator=gen, amp_dtype=trainer.amp_dtype)
         acc = res.accuracy()
         acc["grad_alignment"] = gradient_alignment(trainer.model, x, y, attacks["fgsm"].threat, gen)

@@ -29,15 +29,6 @@ from .schedules import LRSchedule, optimizer_momentum, set_momentum
 CHECKPOINT_VERSION = 1
 
 
-def scaled_attack(attack: Attack, factor: float) -> Attack:
-    """A shallow copy of ``attack`` whose radius and step are multiplied by ``factor`` (for ε warm-up)."""
-    scaled = copy.copy(attack)
-    scaled.threat = type(attack.threat)(attack.threat.eps * factor)
-    if hasattr(attack, "step"):
-        scaled.step = attack.step * factor
-    return scaled
-
-
 class Trainer:
     """Adversarial training with one loop.
 
@@ -58,7 +49,9 @@ class Trainer:
         grad_clip: max global gradient norm, or None.
         amp_dtype: autocast dtype for the training forward/backward (e.g. torch.bfloat16), or None.
         eps_warmup_steps: ramp the training attack's radius and step linearly from 0 to their full values over
-            this many steps (MNIST and SVHN recipes need it); validation always uses the full radius.
+            this many steps (MNIST and SVHN recipes need it; ``Attack.scaled``); the step context carries the scaled
+            threat model, so loss terms that draw points in the ε-ball (ELLE's triplets, GradAlign's η) use the
+            radius the attack used. Validation always uses the full radius.
         seed: seeds the trainer's generator (attack noise, regulariser draws); the global RNGs (dropout) are
             the caller's to seed, and are saved and restored with every checkpoint.
         config: plain-data config stored in every checkpoint.
@@ -208,13 +201,13 @@ class Trainer:
         momentum = optimizer_momentum(self.optimizer)  # logged: the momentum (beta1) this step runs with
         attack = self._attack_for_this_batch()
         if self.eps_factor() < 1.0:
-            attack = scaled_attack(attack, self.eps_factor())
+            attack = attack.scaled(self.eps_factor())
         per_example = {} if indices is None else {"indices": indices, "epoch": self.epoch,
                                                   "num_examples": len(self.train_loader.dataset)}
         result = attack(self.model, x, y, generator=self.generator, **per_example)
         self.model.train()
         ctx = StepContext(self.train_model, x, y, result, self.epoch, self.step, self.generator, self.autocast,
-                          optimizer=self.optimizer)
+                          optimizer=self.optimizer, threat=attack.threat)
 
         def loss_fn(per_example: bool = False) -> Tensor:
             out = self.objective(ctx)
