@@ -136,6 +136,29 @@ def test_report_validates_against_its_schema(recorded):
             validate_report(bad)
 
 
+def test_report_states_each_attacks_real_step(trained_digits_model, data):
+    """FGSM's step is ε (not the ε/4 reports used to write for every attack); PGD's is the configured one."""
+    x, y = data
+    plan = quick_plan(attacks=["clean", "fgsm", "pgd"], sections={"fgsm": {"name": "fgsm"},
+                                                                  "pgd": {"name": "pgd", "steps": 3, "step": 0.03}})
+    report, _ = evaluate_robustness(trained_digits_model, x[:20], y[:20], plan, num_classes=10)
+    report = json.loads(json.dumps(report))
+    validate_report(report)
+    fgsm, pgd = report["settings"]["fgsm"], report["settings"]["pgd-3-1"]
+    assert fgsm["step"] == pytest.approx(EPS) and fgsm["step_rule"] == "ε" and fgsm["radius"] == pytest.approx(EPS)
+    assert pgd["step"] == pytest.approx(0.03) and pgd["step_rule"] == "fixed 0.03" and pgd["steps"] == 3
+    assert {s["name"]: s["settings"] for s in report["stages"]}["fgsm"] == fgsm
+    assert "- fgsm: step 0.1 (ε), 1 step(s)" in markdown(report)
+    default = quick_plan(attacks=["clean", "pgd"])
+    report, _ = evaluate_robustness(trained_digits_model, x[:20], y[:20], default, num_classes=10)
+    assert report["settings"]["pgd-5-1"]["step"] == pytest.approx(EPS / 4)
+    assert report["settings"]["pgd-5-1"]["step_rule"] == "ε/4"
+    bad = json.loads(json.dumps(report))
+    bad["stages"][1]["settings"].pop("step_rule")
+    with pytest.raises(ReportSchemaError, match="step_rule"):
+        validate_report(bad)
+
+
 def _levels(report):
     return {c["name"]: c["level"] for c in report["sanity"]["checks"]}
 

@@ -26,7 +26,8 @@ N_CHECK = 256
 @dataclass
 class EvalPlan:
     """What to run. ``attacks`` lists ``clean`` (always run, first), ``autoattack`` and robustrain attack names;
-    ``sections`` gives the config section of each robustrain attack (default: PGD-50-10, step ε/4)."""
+    ``sections`` gives the config section of each robustrain attack (default: PGD-50-10, step ε/4); the report
+    states each attack's :meth:`~robustrain.attacks.Attack.settings`."""
 
     threat: ThreatModel
     attacks: list[str] = field(default_factory=lambda: ["clean", "pgd", "autoattack"])
@@ -41,14 +42,11 @@ class EvalPlan:
 
 
 def _attack_stage(name: str, section: dict, plan: EvalPlan) -> Stage:
-    from ..experiment import attack_label, build_attack_from
+    from ..experiment import build_attack_from
 
     attack = build_attack_from(section, plan.threat, default_bn="eval", force_eval=True, amp_dtype=plan.amp_dtype)
-    label = attack_label(section, plan.threat)
-    settings = {**section, "label": label}
-    if hasattr(attack, "step"):
-        settings["step"] = attack.step
-        settings["step_rule"] = "given" if "step" in section else "eps/4 (default)"
+    label = attack.label
+    settings = {**section, **attack.settings()}  # what the attack really does (its step and step rule), not a guess
 
     def runner(model: nn.Module, x: Tensor, y: Tensor, b: int) -> Tensor:
         gen = torch.Generator(device=x.device).manual_seed(plan.seed * 1_000_003 + b)

@@ -11,7 +11,10 @@ from torch import Tensor, nn
 from ..errors import RobustrainError
 from .state import write_json_atomic
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: the settings of every robustrain attack stage are the attack's own ``Attack.settings()`` (the real step and the
+rule that chose it: FGSM's is ε, not the "eps/4 (default)" that version 1 wrote for every attack), checked against
+:data:`ATTACK_SETTINGS`."""
 
 _FLAGS = {"type": "string", "pattern": "^[01]*$"}
 _NUM01 = {"type": "number", "minimum": 0, "maximum": 1}
@@ -27,6 +30,22 @@ _STAGE = {
         "adversarial": {"type": ["object", "null"], "required": ["max_norm", "n_outside", "n_nonfinite"]},
     },
 }
+_NUM0 = {"type": "number", "minimum": 0}
+ATTACK_SETTINGS: dict[str, Any] = {
+    "type": "object",
+    "required": ["name", "label", "norm", "radius", "scale", "step", "step_rule", "steps", "restarts", "start",
+                 "projection", "box_clip", "max_norm", "bn_mode"],
+    "properties": {
+        "name": {"type": "string"}, "label": {"type": "string"}, "norm": {"enum": ["linf", "l2"]},
+        "radius": _NUM0, "scale": _NUM0, "step": {"type": ["number", "null"], "minimum": 0},
+        "step_rule": {"type": ["string", "null"]}, "steps": {"type": ["integer", "null"], "minimum": 1},
+        "restarts": {"type": ["integer", "null"], "minimum": 1}, "start": {"type": ["string", "null"]},
+        "projection": {"type": ["string", "null"]}, "box_clip": {"type": ["string", "null"]}, "max_norm": _NUM0,
+        "bn_mode": {"enum": ["eval"]},
+    },
+}
+"""The settings of a robustrain attack stage (``Attack.settings()``: any stage whose group is neither ``clean`` nor
+``autoattack``); evaluation attacks run the model in eval mode."""
 _CHECK = {
     "type": "object", "required": ["name", "when", "level", "message", "value"],
     "properties": {"name": {"type": "string"}, "when": {"enum": ["before", "after"]},
@@ -107,9 +126,15 @@ def schema_errors(obj: Any, schema: dict[str, Any], path: str = "$") -> list[str
 
 
 def validate_report(report: dict[str, Any]) -> None:
-    """Raise :class:`ReportSchemaError` listing every problem when ``report`` does not match :data:`SCHEMA`,
-    or when its per-example flag strings do not have ``n_ex`` characters."""
+    """Raise :class:`ReportSchemaError` listing every problem when ``report`` does not match :data:`SCHEMA`, when a
+    robustrain attack stage's settings do not match :data:`ATTACK_SETTINGS`, or when its per-example flag strings do
+    not have ``n_ex`` characters."""
     errs = schema_errors(report, SCHEMA)
+    if not errs:
+        for i, s in enumerate(report["stages"]):
+            if s["group"] not in ("clean", "autoattack"):
+                errs += schema_errors(s["settings"], ATTACK_SETTINGS, f"$.stages[{i}].settings")
+                errs += schema_errors(report["settings"].get(s["name"]), ATTACK_SETTINGS, f"$.settings.{s['name']}")
     if not errs:
         n = report["n_ex"]
         flags = [("final.robust", report["final"]["robust"])]
@@ -170,6 +195,16 @@ def _pct(v: float) -> str:
     return f"{100 * v:.2f}"
 
 
+def _attack_line(a: dict[str, Any]) -> str:
+    """One robustrain attack's settings in words: step (and its rule), steps, restarts, start, projection."""
+    from ..attacks.base import format_step
+
+    step = "no step" if a["step"] is None else (f"step {format_step(a['step'], a['norm'])}"
+                                               + (f" ({a['step_rule']})" if a["step_rule"] else ""))
+    return (f"- {a['label']}: {step}, {a['steps']} step(s), {a['restarts']} restart(s); start: {a['start']}; "
+            f"projection: {a['projection']}; box clip: {a['box_clip']}")
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The report as a short markdown page: one row per stage, the final number, the sanity checks."""
     from ..experiment import format_table
@@ -188,6 +223,7 @@ def markdown(report: dict[str, Any]) -> str:
         + f"; seed {report['seed']}; batch size {report['batch_size']}"
         + ("" if report["standard"] is None else ("; standard AutoAttack settings" if report["standard"]
                                                   else "; **non-standard AutoAttack settings**")),
+        *(_attack_line(s["settings"]) for s in report["stages"] if s["group"] not in ("clean", "autoattack")),
         f"- **worst-case robust accuracy: {_pct(report['final']['robust_acc'])}%** "
         f"({report['final']['n_robust']}/{report['n_ex']}); total {report['runtime']['total_seconds']:.1f} s"
         + (" (resumed)" if report["resumed"] else ""),
