@@ -172,8 +172,9 @@ class FGSMMEP(Attack):
         return self.clip_init
 
     def _procedure(self) -> dict:
+        box = "clipped to the box" if self.clip_init else "not clipped to the box"
         start = (f"per-example prior ({self.init} init, momentum {self.momentum_decay:g}, reset every "
-                 f"{self.reset_every} epochs), " + ("clipped to the box" if self.clip_init else "not clipped to the box"))
+                 f"{self.reset_every} epochs), {box}")
         return {"steps": 1, "restarts": 1, "start": start, "projection": "ε-ball",
                 "box_clip": "start and result" if self.clip_init else "result only"}
 
