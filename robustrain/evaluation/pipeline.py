@@ -11,10 +11,11 @@ from torch import Tensor, nn
 
 from ..attacks import attack_guard
 from ..errors import ConfigError
+from ..provenance import package_versions
 from ..threat import ThreatModel
 from .autoattack import STANDARD_QUERIES, STANDARD_STEPS, CascadeResult, Stage, autoattack_stages, run_cascade
 from .backends import make_backend
-from .report import SCHEMA_VERSION, data_sha256, model_sha256, package_versions
+from .report import SCHEMA_VERSION, data_sha256, model_sha256
 from .sanity import announce, checks_after, checks_before
 from .state import EvalState, flags_to_str
 

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..atomic import write_json_atomic
 from ..errors import RobustrainError
-from .state import write_json_atomic
 
 SCHEMA_VERSION = 2
 """2: the settings of every robustrain attack stage are the attack's own ``Attack.settings()`` (the real step and the
@@ -171,25 +171,6 @@ def file_sha256(path) -> str:
     return h.hexdigest()
 
 
-def package_versions() -> dict[str, Any]:
-    import platform
-    import sys
-    from importlib import metadata
-
-    def version(name: str) -> str | None:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
-    from ..experiment import git_commit
-
-    return {"python": sys.version.split()[0], "platform": platform.platform(), "torch": torch.__version__,
-            "torchattacks": version("torchattacks"), "autoattack": version("autoattack"),
-            "numpy": version("numpy"), "robustrain": version("robustrain"), "git_commit": git_commit(),
-            "cuda": torch.version.cuda, "device": None}
-
-
 # -- output ---------------------------------------------------------------------------------------------
 def _pct(v: float) -> str:
     return f"{100 * v:.2f}"
@@ -207,7 +188,7 @@ def _attack_line(a: dict[str, Any]) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     """The report as a short markdown page: one row per stage, the final number, the sanity checks."""
-    from ..experiment import format_table
+    from ..tables import format_table
 
     t, m, d = report["threat"], report["model"], report["data"]
     rows = [{"stage": s["name"], "after": s["after"] or "", "attacked": s["n_attacked"],

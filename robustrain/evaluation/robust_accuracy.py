@@ -4,25 +4,14 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from ..attacks import Attack
 from ..distributed import DistInfo, all_gather_cat, current, shard_bounds
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put every module in eval mode and restore each module's own mode afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
+from ..guards import eval_mode
 
 
 @dataclass

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..guards import restore_modes
+
 LEVELS = ("ok", "warning", "error")
 ZERO_GRAD_FRACTION = 0.01
 PGD_GAP = 0.10
@@ -61,19 +63,17 @@ def checks_before(model: nn.Module, x: Tensor, y: Tensor, *, given_training: boo
     if given_training:
         # the mode it came in: do its outputs move between passes? (BatchNorm buffers are restored after)
         buffers = copy.deepcopy({k: v for k, v in model.state_dict().items()})
-        modes = [(m, m.training) for m in model.modules()]
         try:
-            model.train()
-            kinds = _stochastic_modules(model)
-            with torch.no_grad():
-                a, b = model(x), model(x)
-            model.eval()
-            with torch.no_grad():
-                e = model(x)
-            train_diff = max(_max_rel_diff(a.float(), b.float()), _max_rel_diff(a.float(), e.float()))
+            with restore_modes(model):
+                model.train()
+                kinds = _stochastic_modules(model)
+                with torch.no_grad():
+                    a, b = model(x), model(x)
+                model.eval()
+                with torch.no_grad():
+                    e = model(x)
+                train_diff = max(_max_rel_diff(a.float(), b.float()), _max_rel_diff(a.float(), e.float()))
         finally:
-            for m, t in modes:
-                m.training = t
             model.load_state_dict(buffers)
     harmful = given_training and (bool(kinds) or train_diff > 1e-6)
     out.append(_check(

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from ..atomic import write_text_atomic
 from ..errors import ConfigError
 from ..training.callbacks import Callback
 
@@ -87,10 +88,7 @@ def read_run_file(run_dir: str | Path) -> dict[str, Any]:
 
 
 def _write_run_file(run_dir: Path, info: dict[str, Any]) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / (RUN_FILE + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, run_dir / RUN_FILE)
+    write_text_atomic(run_dir / RUN_FILE, json.dumps(info, indent=2))
 
 
 def _remember(run_dir: Path, run: Any, mode: str) -> None:

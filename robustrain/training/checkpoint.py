@@ -1,16 +1,15 @@
 """Atomic checkpoints and the RNG states that make a resumed run end where the uninterrupted one ends."""
 from __future__ import annotations
 
-import os
 import pickle
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..atomic import write_atomic
 from ..errors import CheckpointError
 
 
@@ -19,19 +18,7 @@ def save_atomic(obj: Any, path: str | Path) -> None:
 
     A kill at any moment leaves either the old file or the new one, never half of one.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: torch.save(obj, f), binary=True, private=True)
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
