@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, closest
+from .threat import check_radius as _check_radius
 
 
 def _attack_field(**defaults: Any) -> Any:
@@ -280,17 +281,6 @@ WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 
 # -- validation -----------------------------------------------------------------------------------------
-def _check_radius(value: float, where: str, norm: str) -> None:
-    if value < 0:
-        raise ConfigError(f"{where} must be >= 0, got {value}.")
-    if norm == "linf" and value > 1:
-        raise ConfigError(
-            f"{where} = {value:g} is larger than the whole [0,1] pixel range; robustrain works on images in "
-            f"[0,1], so an L∞ radius of {value:g} pixel levels is written {value:g}/255 "
-            f"(= {value / 255:.6f}). Set {where}: {value:g}/255."
-        )
-
-
 def check_section(kind: str, registry: dict, section: Any, where: str, norm: str,
                   hidden: tuple[str, ...] = ()) -> None:
     """Check a ``{name: ..., option: value}`` section against ``registry[name]``'s options and parse its

@@ -153,6 +153,18 @@ class L2Ball(ThreatModel):
 THREAT_MODELS = {"linf": LinfBall, "l2": L2Ball}
 
 
+def check_radius(value: float, where: str, norm: str) -> None:
+    """Raise for a negative radius, and for an L∞ radius above 1 (pixel levels written without /255)."""
+    if value < 0:
+        raise ConfigError(f"{where} must be >= 0, got {value}.")
+    if norm == "linf" and value > 1:
+        raise ConfigError(
+            f"{where} = {value:g} is larger than the whole [0,1] pixel range; robustrain works on images in "
+            f"[0,1], so an L∞ radius of {value:g} pixel levels is written {value:g}/255 "
+            f"(= {value / 255:.6f}). Set {where}: {value:g}/255."
+        )
+
+
 def make_threat(norm: str, eps: float) -> ThreatModel:
     """Build the threat model ``norm`` ("linf" or "l2") of radius ``eps``."""
     key = str(norm).lower()

@@ -31,7 +31,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -42,13 +41,12 @@ import torch
 import torch.nn.functional as F
 
 from robustrain.attacks import PGD
+from robustrain.benchmarking import (CIFAR10_MEAN, CIFAR10_STD, EPS, OneBatch, environment, load_avg, load_batch,
+                                     run_interleaved, sgd, summarise)
 from robustrain.models import create_model
 from robustrain.threat import make_threat
 from robustrain.training import FGSMTrainer, LRSchedule
 
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2471, 0.2435, 0.2616)
-EPS = 8 / 255
 PGD_STEP = 2 / 255
 FGSM_STEP = 10 / 255  # Wong et al.: alpha = 1.25 eps, robustrain's FGSM-RS default
 
@@ -83,84 +81,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-# -- environment -------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def load_avg() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
-
-
-class CpuMeter:
-    """CPU time used by other processes, in cores, from /proc/stat minus this process's own time."""
-
-    def __init__(self) -> None:
-        self.ok = Path("/proc/stat").exists()
-        self.hz = os.sysconf("SC_CLK_TCK") if self.ok else 100
-
-    def sample(self) -> tuple[float, float]:
-        if not self.ok:
-            return 0.0, 0.0
-        vals = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        busy = sum(vals) - vals[3] - (vals[4] if len(vals) > 4 else 0)  # all but idle and iowait
-        own = sum(int(v) for v in Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[11:13])
-        return (busy - own) / self.hz, time.monotonic()
-
-    @staticmethod
-    def cores(a: tuple[float, float], b: tuple[float, float]) -> float:
-        return max(0.0, (b[0] - a[0]) / max(b[1] - a[1], 1e-9))
-
-    def wait_idle(self, timeout: float, threshold: float = 0.1) -> float:
-        """Wait until others use < ``threshold`` cores over one second, or ``timeout`` passed; return the last level."""
-        deadline = time.monotonic() + timeout
-        level = float("nan")
-        while True:
-            a = self.sample()
-            time.sleep(1.0)
-            level = self.cores(a, self.sample())
-            if level < threshold or time.monotonic() >= deadline:
-                return level
-
-
-def environment(args: argparse.Namespace) -> dict:
-    import torchattacks
-
-    return {
-        "torch": torch.__version__,
-        "torchattacks": torchattacks.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "mkldnn": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,
-        "load_avg_start": load_avg(),
-    }
-
-
 # -- data and model ----------------------------------------------------------------------------------
-def load_batch(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(args.seed)
-    if args.data == "random":
-        x = torch.rand(args.batch, 3, 32, 32, generator=gen)
-        y = torch.randint(0, 10, (args.batch,), generator=gen)
-        return x, y
-    if args.data_root is None:
+def batch_of(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+    if args.data == "cifar10" and args.data_root is None:
         sys.exit("--data cifar10 needs --data-root (build it with: python /work/shared/data/get_cifar10.py DEST)")
-    from robustrain.data.cifar import read_cifar10
-
-    ds = read_cifar10(args.data_root, train=True)
-    idx = torch.randperm(ds.images.shape[0], generator=gen)[: args.batch]
-    return ds.images[idx].float().div_(255), ds.labels[idx].clone()
+    return load_batch(args.batch, args.seed, args.data_root if args.data == "cifar10" else None)
 
 
 def make_model(args: argparse.Namespace) -> torch.nn.Module:
@@ -218,20 +143,6 @@ def handwritten_fgsm_step(model: torch.nn.Module, opt: torch.optim.Optimizer, X:
     return loss.item()
 
 
-class _OneBatch:
-    """The Trainer needs a loader only for ``fit``; ``train_step`` is called directly here."""
-
-    def __len__(self) -> int:
-        return 1
-
-    def iterate(self, epoch: int, start_batch: int = 0):
-        return iter(())
-
-
-def sgd(model: torch.nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-
-
 def train_contenders(args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor,
                      y: torch.Tensor) -> dict[str, Callable[[], object]]:
     threat = make_threat("linf", EPS)
@@ -246,55 +157,10 @@ def train_contenders(args: argparse.Namespace, model: torch.nn.Module, x: torch.
     for name, attack_kwargs in variants:
         m = copy.deepcopy(model).train()
         schedule = LRSchedule("constant", 0.01, total_steps=10**9, steps_per_epoch=1)
-        trainer = FGSMTrainer(m, threat, sgd(m), schedule, _OneBatch(), variant="fgsm_rs", epochs=1,
+        trainer = FGSMTrainer(m, threat, sgd(m), schedule, OneBatch(), variant="fgsm_rs", epochs=1,
                               seed=args.seed, attack_kwargs=attack_kwargs)
         assert abs(trainer.attack.step - FGSM_STEP) < 1e-12
         out[name] = (lambda t: lambda: t.train_step(x, y))(trainer)
-    return out
-
-
-# -- timing ------------------------------------------------------------------------------------------
-def run_interleaved(contenders: dict[str, Callable[[], object]], warmup: int, repeats: int, label: str,
-                    wait_idle: float = 0.0) -> tuple[dict[str, list[float]], list[float]]:
-    """Per-contender seconds of each repeat, and the cores other processes used during each repeat."""
-    names = list(contenders)
-    for name in names:
-        t0 = time.perf_counter()
-        for _ in range(warmup):
-            contenders[name]()
-        print(f"  [{label}] warm-up {name}: {time.perf_counter() - t0:.1f} s", flush=True)
-    meter = CpuMeter()
-    times: dict[str, list[float]] = {n: [] for n in names}
-    others: list[float] = []
-    for r in range(repeats):
-        if wait_idle > 0:
-            meter.wait_idle(wait_idle)
-        order = names[r % len(names):] + names[: r % len(names)]
-        a = meter.sample()
-        for name in order:
-            t0 = time.perf_counter()
-            contenders[name]()
-            times[name].append(time.perf_counter() - t0)
-        others.append(round(meter.cores(a, meter.sample()), 2))
-    print(f"  [{label}] cores used by other processes during each repeat: {others}", flush=True)
-    return times, others
-
-
-def summarise(times: dict[str, list[float]], baseline: str, batch: int) -> dict[str, dict]:
-    out = {}
-    base = times[baseline]
-    for name, ts in times.items():
-        ratios = [b / t for b, t in zip(base, ts)]
-        med = statistics.median(ts)
-        out[name] = {
-            "seconds": ts,
-            "median_s": med,
-            "min_s": min(ts),
-            "max_s": max(ts),
-            "images_per_s": batch / med,
-            "ratio_vs_baseline": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
-                                  "of_fastest_runs": min(base) / min(ts), "per_repeat": ratios},
-        }
     return out
 
 
@@ -375,12 +241,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     train_repeats = args.train_repeats if args.train_repeats is not None else 3 * args.repeats
-    env = environment(args)
+    env = environment()
     print(f"torch {env['torch']}, torchattacks {env['torchattacks']}, threads {env['threads']} "
           f"(cpu_count {env['cpu_count']}), CPU: {env['cpu_model']}, load avg {env['load_avg_start']}")
     print(f"PreActResNet-18 width {args.width}, batch {args.batch}, data {args.data}, "
           f"channels_last {args.channels_last}, compile {args.compile}")
-    x, y = load_batch(args)
+    x, y = batch_of(args)
     model = make_model(args)
     result: dict = {"command": " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
                     "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

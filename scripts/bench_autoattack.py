@@ -40,9 +40,9 @@ import torch
 import torchattacks  # imported once here, so neither contender pays its ~5 s import
 
 from robustrain.config import parse_number
-from robustrain.data import BatchLoader, load_dataset
+from robustrain.data import BatchLoader, first_examples, load_dataset
 from robustrain.evaluation import EvalPlan, evaluate_robustness
-from robustrain.experiment import first_examples, git_commit
+from robustrain.benchmarking import git_commit
 from robustrain.models import create_model
 from robustrain.threat import make_threat
 from robustrain.training import FGSMTrainer, LRSchedule

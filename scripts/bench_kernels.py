@@ -27,13 +27,10 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,19 +38,16 @@ from typing import Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_attack import cpu_model, load_avg, run_interleaved, summarise  # noqa: E402
-
-from robustrain import kernels  # noqa: E402
-from robustrain.attacks import PGD  # noqa: E402
-from robustrain.kernels import reference  # noqa: E402
-from robustrain.models import create_model  # noqa: E402
-from robustrain.threat import L2Ball, LinfBall  # noqa: E402
+from robustrain import kernels
+from robustrain.attacks import PGD
+from robustrain.benchmarking import (CIFAR10_MEAN, CIFAR10_STD, EPS, environment, load_avg, run_interleaved,
+                                     summarise, sync)
+from robustrain.kernels import reference
+from robustrain.models import create_model
+from robustrain.threat import L2Ball, LinfBall
 
 ROOT = Path(__file__).resolve().parents[1]
-EPS, PGD_STEP = 8 / 255, 2 / 255
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2471, 0.2435, 0.2616)
+PGD_STEP = 2 / 255
 PEAK_GB_S = {  # vendor HBM bandwidth, GB/s (1e9 bytes)
     "H200": 4800, "H100 SXM": 3350, "H100 80GB HBM3": 3350, "H100 PCIe": 2000, "H100 NVL": 3900,
     "A100-SXM4-80GB": 2039, "A100 80GB PCIe": 1935, "A100-SXM4-40GB": 1555, "A100-PCIE-40GB": 1555,
@@ -80,31 +74,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--report", type=Path, default=None, metavar="JSON",
                    help="rewrite the markdown file beside an earlier result JSON and exit; measures nothing")
     return p.parse_args(argv)
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def environment(args: argparse.Namespace) -> dict:
-    env = {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "cpu_count": os.cpu_count(),
-           "cpu_model": cpu_model(), "load_avg_start": load_avg(), "commit": git_commit(),
-           "command": " ".join([Path(sys.executable).name, *sys.argv]),
-           "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")}
-    if args.mode == "gpu" and torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name()
-        env["cuda"] = torch.version.cuda
-        try:
-            import triton
-            env["triton"] = triton.__version__
-        except ImportError:
-            env["triton"] = None
-    return env
 
 
 # -- CPU: input-gradient-only attack against a full backward pass --------------------------------------------
@@ -195,11 +164,6 @@ def cpu_markdown(env: dict, res: dict) -> str:
 
 
 # -- GPU: the kernels ------------------------------------------------------------------------------------------
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def time_call(fn: Callable[[], object], device: torch.device, repeats: int, inner: int) -> float:
     """Median seconds per call over ``repeats`` timings of ``inner`` back-to-back calls."""
     fn()
@@ -350,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         args.report.with_suffix(".md").write_text(md)
         print(md)
         return 0
-    env = environment(args)
+    env = environment(gpu=args.mode == "gpu")
     if args.mode == "cpu":
         res = bench_cpu(args)
         stem = "kernels_bench_cpu"

@@ -17,7 +17,7 @@ import time
 import torch
 
 from robustrain.config import load_config
-from robustrain.experiment import build_trainer
+from robustrain.build import build_trainer
 from robustrain.training.monitor import OverfitMonitor
 
 

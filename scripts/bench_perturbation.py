@@ -23,26 +23,19 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import platform
-import statistics
 import sys
-import time
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from robustrain.attacks import build_attack
+from robustrain.benchmarking import (CIFAR10_MEAN, CIFAR10_STD, EPS, load_avg, load_batch, machine, paired_ratio_rows,
+                                     ratio_rows, run_interleaved, step_benchmark_parser, write_report)
 from robustrain.models import create_model
 from robustrain.perturbation import build_weight_perturbation
 from robustrain.threat import make_threat
 from robustrain.training import LRSchedule, Trainer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_regularisers import CIFAR10_MEAN, CIFAR10_STD, load_batch, ratio_rows, step_benchmark_parser, write_report  # noqa: E402,E501
-
-EPS = 8 / 255
 SPECS: dict[str, tuple[str, dict, tuple[str, dict] | None]] = {  # name → (base, attack, perturbation)
     "pgd": ("pgd", {"name": "pgd", "steps": 10, "step": 2 / 255, "keep_best": False}, None),
     "pgd_awp": ("pgd", {"name": "pgd", "steps": 10, "step": 2 / 255, "keep_best": False}, ("awp", {"gamma": 0.01})),
@@ -93,50 +86,20 @@ def contenders(args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor
     return out
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def interleaved(runs: dict[str, Callable[[], Any]], repeats: int, warmup: int, device: str) -> dict[str, list[float]]:
-    names = list(runs)
-    for _ in range(warmup):
-        for n in names:
-            runs[n]()
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(repeats):
-        for n in names[r % len(names):] + names[:r % len(names)]:
-            sync(device)
-            t0 = time.perf_counter()
-            runs[n]()
-            sync(device)
-            times[n].append(time.perf_counter() - t0)
-        print(f"repeat {r + 1}/{repeats}: " + ", ".join(f"{n} {times[n][-1]:.3f}s" for n in names), flush=True)
-    return times
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    x, y = (t.to(args.device) for t in load_batch(args))
+    x, y = (t.to(args.device) for t in load_batch(args.batch, args.seed, args.data_root))
     torch.manual_seed(args.seed)
     model = create_model("preact_resnet18", num_classes=10, in_channels=3, mean=CIFAR10_MEAN, std=CIFAR10_STD,
                          width=args.width).to(args.device)
     runs = contenders(args, model, x, y)
-    load_start = os.getloadavg()
-    times = interleaved(runs, args.repeats, args.warmup, args.device)
-    load_end = os.getloadavg()
-    rows = []
-    for n in runs:
-        base = times[SPECS[n][0]]
-        ratios = [t / b for t, b in zip(times[n], base)]
-        rows.append({"contender": n, "base": SPECS[n][0], "median_s": statistics.median(times[n]),
-                     "min_s": min(times[n]), "ratio_median": statistics.median(ratios), "ratio_min": min(ratios),
-                     "ratio_max": max(ratios), "ratio_of_fastest": min(times[n]) / min(base),
-                     "target": TARGETS.get(n)})
+    load_start = load_avg() or [float("nan")]
+    times, _ = run_interleaved(runs, args.warmup, args.repeats, "train step", device=args.device, progress=True)
+    load_end = load_avg() or [float("nan")]
+    rows = paired_ratio_rows(times, {n: SPECS[n][0] for n in runs}, TARGETS)
     cmd = "python scripts/bench_perturbation.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else \
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {args.threads} thread(s)"
+    device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else machine(args.threads)
     lines = [
         "# Per-step cost of the weight perturbations relative to their base step", "",
         f"- command: `{cmd.strip()}`",

@@ -12,7 +12,7 @@ every repeat (the order rotates) so that load from other processes hits all of t
 * with ``--compile`` also ``compile``: the trainer's ``compile=True`` (``train.compile``), fp32 contiguous.
 
 Reported: median seconds per step, images/s and the per-repeat paired ratios fp32 time / contender time (median
-and range). The timing helpers are those of ``scripts/bench_attack.py``.
+and range). The timing helpers are those of :mod:`robustrain.benchmarking`.
 
 Example:
     OMP_NUM_THREADS=1 nice -n 10 python scripts/bench_precision.py --threads 1 --json results/precision_bench_cpu.json
@@ -20,24 +20,19 @@ Example:
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_attack import (CIFAR10_MEAN, CIFAR10_STD, EPS, CpuMeter, _OneBatch, cpu_model, load_avg,  # noqa: E402
-                          run_interleaved, sgd, summarise)
-
-from robustrain.models import create_model  # noqa: E402
-from robustrain.threat import make_threat  # noqa: E402
-from robustrain.training import FGSMTrainer, LRSchedule  # noqa: E402
+from robustrain.benchmarking import (CIFAR10_MEAN, CIFAR10_STD, EPS, OneBatch, environment, git_commit, load_avg,
+                                     run_interleaved, sgd, summarise)
+from robustrain.models import create_model
+from robustrain.threat import make_threat
+from robustrain.training import FGSMTrainer, LRSchedule
 
 BASELINE = "fp32"
 
@@ -71,7 +66,7 @@ def contenders(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor) -> di
         model = create_model("preact_resnet18", num_classes=10, in_channels=3, mean=CIFAR10_MEAN, std=CIFAR10_STD,
                              width=args.width, channels_last=channels_last).train()
         schedule = LRSchedule("constant", 0.01, total_steps=10**9, steps_per_epoch=1)
-        trainer = FGSMTrainer(model, threat, sgd(model), schedule, _OneBatch(), variant="fgsm_rs", epochs=1,
+        trainer = FGSMTrainer(model, threat, sgd(model), schedule, OneBatch(), variant="fgsm_rs", epochs=1,
                               seed=args.seed, amp_dtype=amp, compile=compile_)
         out[name] = (lambda t: lambda: t.train_step(x, y))(trainer)
     return out
@@ -84,9 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     x = torch.rand(args.batch, 3, 32, 32, generator=gen)  # speed does not depend on the pixel values
     y = torch.randint(0, 10, (args.batch,), generator=gen)
     t0 = time.time()
-    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-           "cpu_model": cpu_model(), "mkldnn": torch.backends.mkldnn.is_available(),
-           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "load_avg_start": load_avg()}
+    env = environment()
     times, others = run_interleaved(contenders(args, x, y), args.warmup, args.repeats, "train step")
     summary = summarise(times, BASELINE, args.batch)
     env["load_avg_end"] = load_avg()
@@ -97,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:20s}  {s['median_s']:9.3f}  {s['images_per_s']:7.1f}  "
               f"{r['median']:>14.3f} [{r['min']:.2f}, {r['max']:.2f}]")
     if args.json:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).resolve().parent).stdout.strip()
+        commit = git_commit()
         args.json.write_text(json.dumps({
             "command": " ".join(["scripts/bench_precision.py", *(argv if argv is not None else sys.argv[1:])]),
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},

@@ -27,27 +27,20 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
-import platform
-import statistics
 import sys
-import time
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from robustrain.attacks import build_attack
-from robustrain.experiment import git_commit
+from robustrain.benchmarking import (CIFAR10_MEAN, CIFAR10_STD, EPS, git_commit, load_avg, load_batch, machine,
+                                     paired_ratio_rows, ratio_rows, run_interleaved, step_benchmark_parser,
+                                     write_report)
 from robustrain.models import create_model
 from robustrain.regularisers import build_regulariser
 from robustrain.threat import make_threat
 from robustrain.training import LRSchedule, Trainer
 
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2471, 0.2435, 0.2616)
-EPS = 8 / 255
 NOTES = """Pass accounting (F = one forward of the batch, a weight-gradient backward ≈ 2F, an input-only backward ≈ 1F
 because the attack freezes the parameters): a plain FGSM step here is attack F + 1F and training F + 2F = 5F.
 
@@ -66,36 +59,10 @@ because the attack freezes the parameters): a plain FGSM step here is attack F +
 TARGETS = {"aaer": 1.05, "convergesmooth": 1.15, "convergesmooth_closed": 1.15, "elle": 2.5, "elle_a": 2.5}
 
 
-def step_benchmark_parser(doc: str, *, warmup: int) -> argparse.ArgumentParser:
-    """The options every per-step cost benchmark shares (model size, repeats, threads, data, seed, output)."""
-    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--width", type=int, default=16, help="PreActResNet-18 width (64 in the papers)")
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=9, help="timed steps per contender")
-    p.add_argument("--warmup", type=int, default=warmup, help="untimed steps per contender before timing")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--data-root", type=Path, default=None,
-                   help="folder with cifar-10-batches-bin/ for a real batch (default: uniform random images)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None, help="markdown report (a .json with the raw times beside it)")
-    return p
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = step_benchmark_parser(__doc__, warmup=2)
     p.add_argument("--only", nargs="*", help="contenders to run (fgsm is always run)")
     return p.parse_args(argv)
-
-
-def load_batch(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(args.seed)
-    if args.data_root is None:
-        return torch.rand(args.batch, 3, 32, 32, generator=gen), torch.randint(0, 10, (args.batch,), generator=gen)
-    from robustrain.data.cifar import read_cifar10
-
-    ds = read_cifar10(args.data_root, train=True)
-    idx = torch.randperm(ds.images.shape[0], generator=gen)[: args.batch]
-    return ds.images[idx].float().div_(255), ds.labels[idx].clone()
 
 
 def contenders(args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor,
@@ -137,32 +104,15 @@ def contenders(args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    x, y = load_batch(args)
+    x, y = load_batch(args.batch, args.seed, args.data_root)
     torch.manual_seed(args.seed)
     model = create_model("preact_resnet18", num_classes=10, in_channels=3, mean=CIFAR10_MEAN, std=CIFAR10_STD,
                          width=args.width)
     runs = contenders(args, model, x, y)
-    names = list(runs)
-    for _ in range(args.warmup):
-        for n in names:
-            runs[n]()
-    times: dict[str, list[float]] = {n: [] for n in names}
-    load_start = os.getloadavg()
-    for r in range(args.repeats):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for n in order:
-            t0 = time.perf_counter()
-            runs[n]()
-            times[n].append(time.perf_counter() - t0)
-        print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{n} {times[n][-1]:.3f}s" for n in names), flush=True)
-    load_end = os.getloadavg()
-    base = times["fgsm"]
-    rows = []
-    for n in names:
-        ratios = [t / b for t, b in zip(times[n], base)]
-        rows.append({"contender": n, "median_s": statistics.median(times[n]), "min_s": min(times[n]),
-                     "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
-                     "ratio_of_fastest": min(times[n]) / min(base), "target": TARGETS.get(n)})
+    load_start = load_avg() or [float("nan")]
+    times, _ = run_interleaved(runs, args.warmup, args.repeats, "train step", progress=True)
+    load_end = load_avg() or [float("nan")]
+    rows = paired_ratio_rows(times, {n: "fgsm" for n in runs}, TARGETS)
     cmd = "python scripts/bench_regularisers.py " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = [
         "# Per-step cost of the regularisers relative to a plain FGSM step", "",
@@ -170,8 +120,8 @@ def main(argv: list[str] | None = None) -> None:
         f"- model: PreActResNet-18 width {args.width}, batch {args.batch}, "
         f"{'CIFAR-10 training images' if args.data_root else 'uniform random 3x32x32 images'}, L∞ ε = 8/255, "
         f"fp32, SGD; one `Trainer.train_step` per call (attack + objective + terms + backward + step)",
-        f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{args.threads} thread(s); load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end "
+        f"- machine: {machine(args.threads)}, torch {torch.__version__}; load average {load_start[0]:.2f} at start, "
+        f"{load_end[0]:.2f} at end "
         "(a shared machine: other processes ran during the measurement)",
         f"- {args.warmup} untimed warm-up steps, then {args.repeats} interleaved repeats (rotating order); "
         "ratio = contender / plain FGSM of the same repeat", "",
@@ -180,28 +130,6 @@ def main(argv: list[str] | None = None) -> None:
     ]
     lines += ratio_rows(rows)
     write_report(args, lines + ["", NOTES], times, rows)
-
-
-def ratio_rows(rows: list[dict], base_column: bool = False) -> list[str]:
-    """Markdown rows of the paired-ratio table (the contender's base in a column when ``base_column``)."""
-    out = []
-    for r in rows:
-        target = f"≤ {r['target']:.2f}× " + ("✓" if r["ratio_median"] <= r["target"] else "✗") if r["target"] else ""
-        base = f" {r['base']} |" if base_column else ""
-        out.append(f"| {r['contender']} |{base} {r['median_s']:.3f} | {r['ratio_median']:.2f}× | "
-                   f"{r['ratio_min']:.2f}–{r['ratio_max']:.2f} | {r['ratio_of_fastest']:.2f}× | {target} |")
-    return out
-
-
-def write_report(args: argparse.Namespace, lines: list[str], times: Any, rows: list[dict]) -> None:
-    """Print the markdown report; with ``--out`` also write it and the raw times (``.json`` beside it)."""
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
-        args.out.with_suffix(".json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                             "times": times, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -13,16 +13,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import subprocess
 from pathlib import Path
 
+from robustrain.provenance import git_commit
 from robustrain.reporting import load_runs, run_table, seed_table
 
 
 def commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parent)
-    return out.stdout.strip() or "unknown"
+    return git_commit(short=True, dirty_suffix="", cwd=Path(__file__).resolve().parent) or "unknown"
 
 
 def tables(folders: list[str], title: str, command: str, machine: str) -> str:

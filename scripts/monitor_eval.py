@@ -44,7 +44,6 @@ import json
 import math
 import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,6 +52,7 @@ from typing import Any, Sequence
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from robustrain import provenance  # noqa: E402
 from robustrain.training.monitor_rules import History, Rule, build_rule  # noqa: E402
 from robustrain.training.monitor_rules._stats import binomial_se, calibrated_z, first_decay  # noqa: E402
 
@@ -64,10 +64,7 @@ COLUMNS = ("epoch", "lr", "train_robust_acc", "test_clean_acc", "test_robust_los
 
 
 def git_commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True).stdout.strip()
-    return out.stdout.strip() + ("-dirty" if dirty else "")
+    return provenance.git_commit(short=True, cwd=ROOT) or ""
 
 
 # -- extract ------------------------------------------------------------------------------------------------
@@ -396,7 +393,7 @@ def make_probe(x, y, every: int, window: int = 5, floor: float = 0.2):
 
 def cmd_live(args: argparse.Namespace) -> None:
     from robustrain.config import load_config
-    from robustrain.experiment import build_trainer
+    from robustrain.build import build_trainer
     from robustrain.training.monitor import OverfitMonitor
 
     out_dir = args.out_dir
@@ -415,7 +412,7 @@ def cmd_live(args: argparse.Namespace) -> None:
             trainer, data = build_trainer(cfg, run_dir)
             monitor = next(cb for cb in trainer.callbacks if isinstance(cb, OverfitMonitor))
             every = monitor.every or trainer.steps_per_epoch
-            from robustrain.experiment import first_examples
+            from robustrain.data import first_examples
 
             xs, ys = first_examples(data.val, cfg.monitor.n_check + args.probe_n)
             probe = make_probe(xs[cfg.monitor.n_check:], ys[cfg.monitor.n_check:], every)

@@ -12,7 +12,6 @@ import argparse
 import datetime
 import os
 import platform
-import subprocess
 import sys
 import time
 import traceback
@@ -27,16 +26,11 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from parity.harness import TOL, DataUnavailable, assert_parity, load_cases  # noqa: E402
 
+from robustrain import provenance  # noqa: E402
+
 
 def git_commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return sha + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    return provenance.git_commit(short=True, dirty_suffix=" (with uncommitted changes)", cwd=REPO) or "unknown"
 
 
 def fmt(v: float | None) -> str:

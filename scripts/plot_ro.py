@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 from datetime import date
 from pathlib import Path
 
+from robustrain.provenance import git_commit
 from robustrain.reporting import Run, load_run, pct
 from robustrain.reporting.plots import pyplot
 from robustrain.reporting.runs import weight_perturbation_label
@@ -140,8 +140,7 @@ def main() -> None:
     p.add_argument("--command", default="", help="the command that produced the runs, for the table")
     p.add_argument("--commit", default=None, help="the commit the runs ran at (default: git rev-parse --short HEAD)")
     args = p.parse_args()
-    commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                           text=True).stdout.strip() or "unknown"
+    commit = args.commit or git_commit(short=True, dirty_suffix="", cwd=Path.cwd()) or "unknown"
     root = Path(args.root)
     names = args.methods or sorted(d.name for d in root.iterdir() if (d / "metrics.jsonl").exists())
     runs = {n: load_run(root / n) for n in names if (root / n / "metrics.jsonl").exists()}

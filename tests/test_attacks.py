@@ -344,7 +344,7 @@ def test_first_batch_bn_mode_eval_is_the_awp_rwp_loops_first_batch(tmp_path):
     from pathlib import Path
 
     from robustrain.config import load_config
-    from robustrain.experiment import build_trainer
+    from robustrain.build import build_trainer
 
     quick = Path(__file__).resolve().parent.parent / "configs" / "quickstart_digits.yaml"
     cfg = load_config(quick, ["train.progress=false", "train.epochs=3", "data.train_subset=128", "data.batch_size=64",

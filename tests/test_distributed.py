@@ -18,7 +18,8 @@ from robustrain.config import load_config
 from robustrain.data import BatchLoader, load_dataset
 from robustrain.errors import ConfigError
 from robustrain.evaluation.robust_accuracy import _in_batch_order
-from robustrain.experiment import build_data, build_trainer, run_training
+from robustrain.build import build_data, build_trainer
+from robustrain.run import run_training
 from robustrain.training import load_checkpoint
 from robustrain.training.compiled import CompiledModule
 from robustrain.training.parallel import rank_seed
@@ -181,7 +182,7 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
                              "events": [e["kind"] for e in watched.callbacks[1].events],
                              "weights": [float(v.double().sum()) for v in watched.model.state_dict().values()]}
         try:
-            from robustrain.experiment import build_model
+            from robustrain.build import build_model
 
             build_model(load_config(QUICK, ["train.sync_batchnorm=true"]), data.info, torch.device("cpu"))
             result["sync_bn_error"] = None

@@ -20,7 +20,7 @@ from robustrain.attacks.fgsm_mep import SmoothedCrossEntropy
 from robustrain.config import load_config
 from robustrain.data import BatchLoader
 from robustrain.errors import CheckpointError, ConfigError
-from robustrain.experiment import build_trainer
+from robustrain.build import build_trainer
 from robustrain.threat import make_threat
 from robustrain.training import load_checkpoint
 
@@ -337,7 +337,7 @@ def test_distributed_ranks_hold_the_single_process_buffer(tmp_path):
 def test_recipe_follows_the_official_script():
     """configs/cifar10_convergesmooth_mep.yaml: FGSM_MEP_CS.py's defaults (ε = α = 16/255, momentum decay 0.3, reset
     every 40 epochs, label smoothing 0.6, unclipped start, BN statistics updated by the attack, clean benign point)."""
-    from robustrain.experiment import build_attack_from
+    from robustrain.build import build_attack_from
 
     cfg = load_config(ROOT / "configs" / "cifar10_convergesmooth_mep.yaml")
     a = cfg.attack

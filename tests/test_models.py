@@ -364,7 +364,7 @@ def test_model_normalise_config_key_reaches_the_built_model(tmp_path) -> None:
     from pathlib import Path
 
     from robustrain.config import load_config
-    from robustrain.experiment import build_trainer
+    from robustrain.build import build_trainer
 
     quick = Path(__file__).resolve().parent.parent / "configs" / "quickstart_digits.yaml"
     cfg = load_config(quick, ["model.normalise=false", "train.progress=false", "wandb.mode=disabled",

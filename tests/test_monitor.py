@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from robustrain.config import load_config
 from robustrain.errors import ConfigError, RobustrainError
-from robustrain.experiment import build_trainer
+from robustrain.build import build_trainer
 from robustrain.threat import make_threat
 from robustrain.training import Callback
 from robustrain.training.monitor import OverfitMonitor

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from robustrain.attacks import AttackResult, TRADESAttack, build_attack, kl_from_clean
 from robustrain.config import load_config
 from robustrain.errors import ConfigError, UnknownNameError
-from robustrain.experiment import build_trainer
+from robustrain.build import build_trainer
 from robustrain.threat import make_threat
 from robustrain.training import MART, TRADES, CrossEntropy, StepContext, build_objective
 

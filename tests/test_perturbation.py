@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from robustrain.attacks import FGSMRS
 from robustrain.config import load_config
 from robustrain.errors import ConfigError, UnknownNameError
-from robustrain.experiment import build_trainer
+from robustrain.build import build_trainer
 from robustrain.models import create_model
 from robustrain.perturbation import (AWP, LAP, RWP, WEIGHT_PERTURBATIONS, ParameterRule, build_weight_perturbation,
                                      lap_default_beta, lap_factors, lsc_mask)

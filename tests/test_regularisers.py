@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from robustrain.attacks import FGSM, AttackResult
 from robustrain.config import load_config
 from robustrain.errors import ConfigError
-from robustrain.experiment import build_trainer
+from robustrain.build import build_trainer
 from robustrain.regularisers import (AAER, ELLE, ELLEA, REGULARISERS, ConvergeSmooth, GradAlign, WeightCentralisation,
                                      build_regulariser)
 from robustrain.regularisers.convergesmooth import in_constant_segment, smoothed_ce

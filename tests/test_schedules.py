@@ -12,7 +12,7 @@ import torch
 
 from robustrain.config import load_config
 from robustrain.errors import ConfigError, UnknownNameError
-from robustrain.experiment import build_trainer
+from robustrain.build import build_trainer
 from robustrain.training import LRSchedule
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -311,7 +311,7 @@ def test_every_sweep_combination_is_a_valid_robustrain_run():
 
     from robustrain.cli import build_parser
     from robustrain.config import load_config
-    from robustrain.tracking.sweep import train_argv
+    from robustrain.cli.sweep import train_argv
 
     sweep = yaml.safe_load(SWEEP.read_text())
     assert "${args_no_hyphens}" in sweep["command"] and (ROOT / sweep["program"]).is_file()

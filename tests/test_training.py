@@ -14,7 +14,8 @@ import torch
 
 from robustrain.config import load_config
 from robustrain.errors import CheckpointError, NonFiniteLossError
-from robustrain.experiment import build_trainer, run_training
+from robustrain.build import build_trainer
+from robustrain.run import run_training
 from conftest import KillAt
 from robustrain.training import FGSMTrainer, LRSchedule, PGDTrainer, load_checkpoint, save_atomic
 

@@ -158,3 +158,15 @@ class BatchLoader:
             f"drop_last={self.drop_last}, augment={self.augment!r}, seed={self.seed}, device={self.device}"
             + (f", rank={self.rank}, world_size={self.world_size})" if self.world_size > 1 else ")")
         )
+
+
+def first_examples(loader: BatchLoader, n: int) -> Batch:
+    """The first ``n`` examples of a loader's epoch 0 (a fixed batch)."""
+    xs, ys, have = [], [], 0
+    for x, y in loader.iterate(0):
+        xs.append(x)
+        ys.append(y)
+        have += len(y)
+        if have >= n:
+            break
+    return torch.cat(xs)[:n], torch.cat(ys)[:n]

@@ -43,7 +43,7 @@ class EvalPlan:
 
 
 def _attack_stage(name: str, section: dict, plan: EvalPlan) -> Stage:
-    from ..experiment import build_attack_from
+    from ..attacks.sections import build_attack_from
 
     attack = build_attack_from(section, plan.threat, default_bn="eval", force_eval=True, amp_dtype=plan.amp_dtype)
     label = attack.label

@@ -130,7 +130,7 @@ class WandbLogger(Callback):
         config: the resolved config (plain data); ``environment``: versions, commit, command line.
         log_every: steps between logged training steps (the first step is always logged).
         log_checkpoints: upload ``best.pt`` and ``last.pt`` as model artifacts at the end of training.
-        finish_at_fit_end: end the wandb run when training ends; :func:`robustrain.experiment.run_training`
+        finish_at_fit_end: end the wandb run when training ends; :func:`robustrain.run.run_training`
             passes False and calls :meth:`finish` with the test results after the final evaluation.
     """
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import time
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -85,6 +85,9 @@ class OverfitMonitor(Callback):
             or ``{"kind": "regulariser", "name": "elle", ...}``.
         max_rollbacks: after this many rollbacks the monitor stops the run at the next collapse.
         seed: seeds the check's random starts (the same starts at every check).
+        build_term: how the ``regulariser`` remedy builds its loss term, ``build_term(name, threat, **options)``
+            (the builder passes :func:`robustrain.regularisers.build_regulariser`; training does not import the
+            regularisers, which sit above it).
     """
 
     state_key = "OverfitMonitor"
@@ -93,7 +96,8 @@ class OverfitMonitor(Callback):
     def __init__(self, x_check: Tensor, y_check: Tensor, threat: ThreatModel, *, every: int | None = None,
                  pgd_steps: int = 10, train_batch: bool = False, co: COThresholds = COThresholds(),
                  rules: Any = None, false_alarm: float = 0.01, n_val: int | None = None, action: str = "warn",
-                 remedy: dict | None = None, max_rollbacks: int = 2, seed: int = 0):
+                 remedy: dict | None = None, max_rollbacks: int = 2, seed: int = 0,
+                 build_term: Callable[..., Any] | None = None):
         if action not in ACTIONS:
             raise ConfigError(f"monitor.action = {action!r}; expected one of {ACTIONS}.")
         remedy = dict(remedy or {})
@@ -102,6 +106,9 @@ class OverfitMonitor(Callback):
                 f"monitor.action rollback needs monitor.remedy with kind in {REMEDIES}, e.g. {{kind: lr, factor: 0.5}}, "
                 f"{{kind: attack, name: nfgsm}} or {{kind: regulariser, name: elle_a}}; got {remedy!r}."
             )
+        if action == "rollback" and remedy.get("kind") == "regulariser" and build_term is None:
+            raise ConfigError("the regulariser remedy needs build_term (e.g. robustrain.regularisers.build_regulariser) "
+                              "to build its loss term; robustrain.build.build_monitor passes it.")
         if every is not None and every < 1:
             raise ConfigError(f"monitor.every must be >= 1 step, got {every}.")
         self.x, self.y = x_check, y_check
@@ -114,6 +121,7 @@ class OverfitMonitor(Callback):
         self.n_val = n_val
         self.action, self.remedy, self.max_rollbacks = action, remedy, int(max_rollbacks)
         self.seed = int(seed)
+        self.build_term = build_term
         self.fgsm = build_attack("fgsm", threat, bn_mode="eval")
         self.pgd = build_attack("pgd", threat, steps=pgd_steps, restarts=1, bn_mode="eval")
         # state
@@ -315,10 +323,8 @@ class OverfitMonitor(Callback):
                        "first_batch_bn_mode": getattr(old, "first_batch_bn_mode", None)}
             trainer.attack = build_attack(remedy["name"], old.threat, **{**inherit, **opts})
         elif kind == "regulariser":
-            from ..regularisers import build_regulariser
-
             if not any(t.name == remedy["name"] for t in trainer.loss_terms):
-                trainer.loss_terms.append(build_regulariser(remedy["name"], self.threat, **opts))
+                trainer.loss_terms.append(self.build_term(remedy["name"], self.threat, **opts))
 
     # -- state ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

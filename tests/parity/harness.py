@@ -31,7 +31,7 @@ API:
     Loads ``configs/<recipe>.yaml`` with ``robustrain.config.load_config`` and the overrides (a dict or
     ``key=value`` strings; the harness adds ``train.epochs``, ``data.augment: null``, ``data.val_size: 0``,
     ``data.device: cpu``, no progress bar / monitor / wandb), builds the Trainer with
-    ``robustrain.experiment.build_trainer`` on a loader that yields exactly ``batches`` every epoch (so
+    ``robustrain.build.build_trainer`` on a loader that yields exactly ``batches`` every epoch (so
     ``steps_per_epoch = len(batches)`` and the schedule sees the recipe's real shape, total = epochs × batches),
     replaces the callbacks by a recorder of every step's logs (``lr``, ``momentum`` when logged, losses), and trains.
     Returns the config, the trainer, ``initial_model`` (deep copy before training), ``initial_state``,
@@ -327,7 +327,7 @@ def robustrain_run(recipe: str, batches: Sequence[Batch], *, epochs: int,
 
     ``lockstep(initial_model_copy_factory, cfg)``: see :class:`Lockstep`; it returns named reference generators
     that this run advances one official step after each robustrain step."""
-    from robustrain.experiment import Data, build_trainer
+    from robustrain.build import Data, build_trainer
 
     cfg = load_recipe(recipe, overrides, epochs=epochs)
     loader = FixedLoader(batches)

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
-from .pipeline import AUTOATTACK_NAMES, DEFAULT_PGD, EvalPlan, evaluate_robustness
-from .report import write_report
+from ..evaluation.pipeline import AUTOATTACK_NAMES, DEFAULT_PGD, EvalPlan, evaluate_robustness
+from ..evaluation.report import write_report
 
 DEFAULT_ATTACKS = "pgd,autoattack"
 
@@ -48,9 +48,8 @@ def _sections(args: argparse.Namespace, known: dict[str, dict], names: list[str]
 
 
 def eval_command(args: argparse.Namespace) -> int:
-    from ..config import _check_radius
-    from ..experiment import format_table
-    from ..threat import make_threat
+    from ..tables import format_table
+    from ..threat import check_radius, make_threat
     from .target import load_factory_target, load_run_target
 
     if args.model is None and args.target is None:
@@ -71,7 +70,7 @@ def eval_command(args: argparse.Namespace) -> int:
                                  batch_size=args.batch_size, eps=args.eps, norm=args.norm)
     norm = args.norm or target.norm or "linf"
     eps = args.eps if args.eps is not None else target.eps
-    _check_radius(eps, "--eps", norm)
+    check_radius(eps, "--eps", norm)
     plan = EvalPlan(make_threat(norm, eps), attacks=names, sections=_sections(args, target.sections, names, norm),
                     version=args.version, backend=args.backend, batch_size=args.batch_size or 500, seed=args.seed,
                     aa_steps=args.aa_steps, square_queries=args.square_queries, amp_dtype=target.amp_dtype)

@@ -1,6 +1,6 @@
 """The program a wandb sweep agent runs: sweep parameters in, one ``robustrain train`` run out.
 
-    python robustrain/tracking/sweep.py method=nfgsm eps=16 seed=1 [key.sub=value ...]
+    python robustrain/cli/sweep.py method=nfgsm eps=16 seed=1 [key.sub=value ...]
 
 (the agent passes ``${args_no_hyphens}``; ``--key=value`` is accepted too). ``method`` names a CIFAR-10 recipe
 ``configs/cifar10_<method>.yaml``; ``eps`` is the L∞ radius in pixel levels (/255). When a recipe for that radius
@@ -67,7 +67,7 @@ def train_argv(argv: list[str], configs: Path = ROOT / "configs", out_dir: str =
 
 
 def main(argv: list[str] | None = None) -> int:
-    from robustrain.cli import main as cli_main
+    from robustrain.cli.main import main as cli_main
 
     try:
         args = train_argv(sys.argv[1:] if argv is None else argv)

@@ -1,18 +1,17 @@
-"""The ``robustrain`` command: ``train`` a recipe into a run folder, ``eval`` a run or checkpoint."""
+"""The ``robustrain`` command: ``train`` a recipe into a run folder, ``eval`` a run or checkpoint, ``report`` runs."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from .errors import RobustrainError
+from ..errors import RobustrainError
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .experiment import run_training
-
-    from .distributed import init_from_env, teardown
+    from ..config import load_config
+    from ..distributed import init_from_env, teardown
+    from ..run import run_training
 
     cfg = load_config(args.config, args.set or [])
     run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.out_dir) / cfg.name
@@ -34,13 +33,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .evaluation.command import eval_command
+    from .eval import eval_command
 
     return eval_command(args)
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .reporting import write_report
+    from ..reporting import write_report
 
     out = Path(args.out) if args.out else Path(args.runs[0]) / "report"
     if args.out is None and len(args.runs) > 1:
@@ -78,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", help="folder for report.json and report.md (default: RUN/eval, or ./eval for --model); "
                                  "a path ending in .json is where a run's one-row eval.json goes instead")
-    from .evaluation.command import add_arguments
+    from .eval import add_arguments
 
     add_arguments(e)
     e.set_defaults(func=_eval)
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if getattr(args, "eps", None) is not None:
-            from .config import parse_number
+            from ..config import parse_number
 
             args.eps = parse_number(args.eps, "--eps")
         return args.func(args)

@@ -31,8 +31,7 @@ class Target:
 
 
 def _examples(ds, n_ex: int | None, batch_size: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    from ..data import BatchLoader
-    from ..experiment import first_examples
+    from ..data import BatchLoader, first_examples
 
     n = len(ds) if n_ex is None else n_ex
     if not 0 < n <= len(ds):
@@ -45,7 +44,7 @@ def load_run_target(target: Path, *, checkpoint: str, split: str, data_root: str
                     norm: str | None = None) -> Target:
     """A robustrain run folder (its ``best.pt`` or ``last.pt``) or checkpoint file, on its own dataset."""
     from ..config import from_dict, validate
-    from ..experiment import AMP, build_data, build_model, resolve_device
+    from ..build import AMP, build_data, build_model, resolve_device
     from ..training.checkpoint import load_checkpoint
 
     path = target / f"{checkpoint}.pt" if target.is_dir() else target
@@ -121,8 +120,8 @@ def load_factory_target(spec: str, weights: str | None, *, dataset: str, split: 
                         device: str | None, n_ex: int | None, batch_size: int) -> Target:
     """``module:factory`` called without arguments, ``weights`` loaded into it, on ``dataset``'s ``split``."""
     from ..data import load_dataset
-    from ..experiment import resolve_device
-    from .report import file_sha256
+    from ..build import resolve_device
+    from ..evaluation.report import file_sha256
 
     if split != "test":
         raise ConfigError("--split val needs a robustrain run (its validation split); use --split test with --model.")
@@ -141,7 +140,7 @@ def load_factory_target(spec: str, weights: str | None, *, dataset: str, split: 
     model = model.to(dev).eval()  # RobustBench convention; the official AutoAttack forgets this
     ds = load_dataset(dataset, data_root, "test")
     x, y = _examples(ds, n_ex, batch_size, dev)
-    from .robust_accuracy import eval_mode
+    from ..guards import eval_mode
 
     with torch.no_grad(), eval_mode(model):  # a model left in train mode must not update its BatchNorm here
         out = model(x[:2])

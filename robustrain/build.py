@@ -1,0 +1,187 @@
+"""Building: from a validated :class:`~robustrain.config.Config` to data, model, attacks, monitor and the Trainer.
+
+Public API:
+
+* :func:`build_trainer`: the Trainer of a config writing into a run folder (loggers, monitor, checkpointer,
+  tracker attached), and its :class:`Data`.
+* :func:`build_data`, :func:`build_model`, :func:`build_optimizer`, :func:`build_objective_from`,
+  :func:`build_weight_perturbation_from`, :func:`build_monitor`, :func:`build_tracker`: its parts.
+* :func:`resolve_device`, :data:`AMP`: the device and autocast dtype of a config's names.
+* :func:`~robustrain.attacks.sections.build_attack_from` (re-exported): an attack from a config section.
+
+Running a run (the run folder, fit, the final evaluation) is :mod:`robustrain.run`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .attacks.sections import build_attack_from
+from .config import Config, to_dict
+from .data import ArrayDataset, BatchLoader, first_examples, load_dataset, split_validation
+from .data.loader import derive_seed
+from .distributed import current, device_for
+from .errors import ConfigError
+from .models import create_model
+from .perturbation import build_weight_perturbation
+from .provenance import environment
+from .regularisers import build_regulariser
+from .threat import ThreatModel, make_threat
+from .tracking import WandbLogger
+from .training import Checkpointer, JSONLLogger, LRSchedule, ProgressBar, Trainer
+from .training.monitor import OverfitMonitor
+from .training.monitor_rules import build_rule
+from .training.objectives import build_objective
+from .training.overfitting import COThresholds, co_rules
+
+AMP = {None: None, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Data:
+    train: BatchLoader
+    val: BatchLoader | None
+    test: BatchLoader
+    info: ArrayDataset  # the training set (num_classes, mean, std, shape)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA if available, else CPU; in a torchrun process group ``cuda`` means this rank's GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return device_for(torch.device(name))
+
+
+def build_data(cfg: Config, *, need_train: bool = True) -> Data:
+    d = cfg.data
+    device = resolve_device(d.device)
+    full = load_dataset(d.name, d.root, "train", download=d.download)
+    test = load_dataset(d.name, d.root, "test", download=d.download)
+    if d.val_size > 0:
+        train, val = split_validation(full, d.val_size, seed=cfg.seed)
+    else:
+        train, val = full, None
+    if d.train_subset is not None:
+        if not 0 < d.train_subset <= len(train):
+            raise ConfigError(f"data.train_subset = {d.train_subset}; expected 1..{len(train)} (the training set after the validation split).")
+        train = train.subset(torch.arange(d.train_subset))
+    dist = current()  # distributed: each rank loads its shard of every global batch of d.batch_size
+    train_loader = BatchLoader(train, d.batch_size, shuffle=True, drop_last=False, augment=d.augment,
+                               seed=cfg.seed, device=device, rank=dist.rank, world_size=dist.world_size)
+    val_loader = BatchLoader(val, d.eval_batch_size, shuffle=False, device=device) if val is not None else None
+    test_loader = BatchLoader(test, cfg.eval.batch_size, shuffle=False, device=device)
+    return Data(train_loader, val_loader, test_loader, full)
+
+
+def build_model(cfg: Config, info: ArrayDataset, device: torch.device) -> torch.nn.Module:
+    model = create_model(cfg.model.name, num_classes=info.num_classes, in_channels=info.image_shape[0],
+                         mean=info.mean, std=info.std, normalise=cfg.model.normalise,
+                         channels_last=cfg.model.channels_last, **cfg.model.kwargs)
+    if cfg.train.sync_batchnorm and current().enabled:
+        if device.type != "cuda":
+            raise ConfigError(
+                "train.sync_batchnorm: PyTorch's SyncBatchNorm runs on GPUs only, and this distributed run is on "
+                f"{device.type}; set train.sync_batchnorm=false (each rank then normalises with its shard's "
+                "statistics) or train on GPUs."
+            )
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model.to(device)
+
+
+def build_monitor(cfg: Config, data: Data, threat: ThreatModel) -> OverfitMonitor:
+    m = cfg.monitor
+    if data.val is None:
+        raise ConfigError("monitor.enabled needs a held-out validation split: set data.val_size.")
+    x, y = first_examples(data.val, m.n_check)
+    if m.rules is not None:
+        rules = [build_rule(spec, false_alarm=m.false_alarm) for spec in m.rules]
+    else:
+        window = m.ro_window or max(2, min(10, cfg.train.epochs // 20))
+        rules = [*co_rules(COThresholds(m.co_drop, m.co_stable, m.co_gap), m.false_alarm, healthy_gap=m.co_healthy_gap),
+                 build_rule({"name": "robust_overfitting", "window": window, "patience": m.ro_patience,
+                             "margin": m.ro_margin, "after_decay": m.ro_after_decay, "false_alarm": m.false_alarm})]
+    return OverfitMonitor(x, y, threat, every=m.every, pgd_steps=m.pgd_steps, train_batch=m.train_batch, rules=rules,
+                          n_val=len(data.val.dataset), action=m.action, remedy=m.remedy, max_rollbacks=m.max_rollbacks,
+                          seed=cfg.seed, build_term=build_regulariser)
+
+
+def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                               nesterov=o.nesterov)
+    cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
+    return cls(model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+
+
+def build_objective_from(cfg: Config) -> Any:
+    """The training objective of ``cfg.objective`` (train.label_smoothing is the ce objective's default)."""
+    options = {k: v for k, v in cfg.objective.items() if k != "name"}
+    if cfg.objective["name"] == "ce":
+        options.setdefault("label_smoothing", cfg.train.label_smoothing)
+    return build_objective(cfg.objective["name"], **options)
+
+
+def build_weight_perturbation_from(cfg: Config, threat: ThreatModel) -> Any:
+    """The weight perturbation of ``cfg.weight_perturbation``, or None."""
+    section = cfg.weight_perturbation
+    if section is None:
+        return None
+    return build_weight_perturbation(section["name"], threat, **{k: v for k, v in section.items() if k != "name"})
+
+
+def build_trainer(cfg: Config, run_dir: Path, data: Data | None = None) -> tuple[Trainer, Data]:
+    """The Trainer for ``cfg`` writing into ``run_dir`` (loggers and checkpointer attached)."""
+    data = data or build_data(cfg)
+    device = resolve_device(cfg.data.device)
+    torch.manual_seed(cfg.seed)  # model initialisation
+    model = build_model(cfg, data.info, device)
+    threat = make_threat(cfg.threat.norm, cfg.threat.eps)
+    amp = AMP[cfg.train.amp]
+    attack = build_attack_from(cfg.attack, threat, default_bn="train", amp_dtype=amp)
+    val_attack = build_attack_from(cfg.validation.attack, threat, default_bn="eval", force_eval=True, amp_dtype=amp)
+    terms = [build_regulariser(s["name"], threat, **{k: v for k, v in s.items() if k != "name"})
+             for s in cfg.regularisers]
+    steps_per_epoch = len(data.train)
+    s = cfg.schedule
+    schedule = LRSchedule(s.name, cfg.optim.lr, steps_per_epoch * cfg.train.epochs, steps_per_epoch, peak=s.peak,
+                          milestones=tuple(float(m) for m in s.milestones), gamma=s.gamma, factors=tuple(s.factors),
+                          count_from=s.count_from, at=s.at, cycle_momentum=s.cycle_momentum,
+                          base_momentum=s.base_momentum, max_momentum=s.max_momentum)
+    callbacks = [
+        JSONLLogger(run_dir / "metrics.jsonl", every=cfg.train.log_every),
+        *([build_monitor(cfg, data, threat)] if cfg.monitor.enabled else []),
+        Checkpointer(run_dir, monitor=cfg.validation.select_on, every_steps=cfg.train.checkpoint_every),
+        ProgressBar(enabled=cfg.train.progress),
+        build_tracker(cfg, run_dir),
+    ]
+    extra_val = {"fgsm": build_attack_from({"name": "fgsm"}, threat, default_bn="eval", force_eval=True, amp_dtype=amp)} \
+        if cfg.validation.fgsm else {}
+    rank = current().rank
+    if rank:  # the same initial weights everywhere (seeded above); rank r's own global RNG stream (dropout)
+        torch.manual_seed(derive_seed("rank", cfg.seed, rank))
+    trainer = Trainer(model, attack, build_optimizer(cfg, model), schedule, data.train, epochs=cfg.train.epochs,
+                      val_loader=data.val, val_attack=val_attack, extra_val_attacks=extra_val,
+                      objective=build_objective_from(cfg), loss_terms=terms, callbacks=callbacks,
+                      weight_perturbation=build_weight_perturbation_from(cfg, threat),
+                      grad_clip=cfg.train.grad_clip, amp_dtype=amp,
+                      eps_warmup_steps=round(cfg.train.eps_warmup_epochs * steps_per_epoch), seed=cfg.seed,
+                      config=to_dict(cfg), compile=cfg.train.compile)
+    return trainer, data
+
+
+def build_tracker(cfg: Config, run_dir: Path) -> WandbLogger:
+    """The Weights & Biases callback of ``cfg.wandb`` (it resolves its mode and rank when training starts)."""
+    w = cfg.wandb
+    return WandbLogger(run_dir, mode=w.mode, project=w.project, entity=w.entity, group=w.group, tags=w.tags,
+                       name=w.run_name or cfg.name, config=to_dict(cfg), environment=environment(),
+                       log_every=cfg.train.log_every, log_checkpoints=w.log_checkpoints)
+
+
+__all__ = [
+    "AMP", "Data", "build_attack_from", "build_data", "build_model", "build_monitor", "build_objective_from",
+    "build_optimizer", "build_tracker", "build_trainer", "build_weight_perturbation_from", "resolve_device",
+]

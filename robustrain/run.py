@@ -1,0 +1,128 @@
+"""Running: the run folder, training (or resuming) a run, and the final evaluation of its checkpoints.
+
+Public API:
+
+* :func:`run_training`: train (or resume) the run in a run folder, then evaluate best and last on the test split.
+* :func:`prepare_run_dir`: create the run folder (``config.yaml``, ``environment.json``); refuse to overwrite.
+* :func:`final_evaluation`: the test accuracy of ``best.pt`` and ``last.pt``, into ``summary.json`` / ``.md``.
+* :func:`evaluate_model`: ``evaluate`` on the first ``n_ex`` examples of a loader (sharded when distributed).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .attacks import Attack
+from .attacks.sections import attack_label, build_attack_from
+from .build import AMP, Data, build_trainer
+from .config import Config, dump_yaml
+from .data import BatchLoader
+from .distributed import barrier, current
+from .errors import ConfigError
+from .evaluation import EvalResult, evaluate
+from .provenance import environment, git_commit
+from .tables import format_table
+from .threat import make_threat
+from .tracking import WandbLogger
+from .training import Trainer
+from .training.checkpoint import load_checkpoint, remove_stale_temporaries
+
+
+def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
+    """Create the run folder; refuse to write over an earlier run unless resuming it."""
+    if run_dir.exists() and any(run_dir.glob("*.pt")) and not resume:
+        raise ConfigError(
+            f"run folder {str(run_dir)!r} already holds checkpoints; resume it with --resume, or choose another "
+            f"folder with --run-dir or --set name=NEW_NAME. Nothing was overwritten."
+        )
+    if current().is_main:  # distributed: rank 0 writes the run folder, the others wait for it
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+        env_path = run_dir / ("environment.json" if not resume else f"environment.resume-{int(time.time())}.json")
+        env_path.write_text(json.dumps({**environment(), "world_size": current().world_size}, indent=2))
+        if resume:
+            for tmp in remove_stale_temporaries(run_dir):
+                print(f"[robustrain] removed {tmp.name}, a checkpoint half-written when the run was killed "
+                      "(the complete checkpoints are intact)")
+    barrier()
+
+
+def evaluate_model(model: torch.nn.Module, loader: BatchLoader, attack: Attack, label: str, *, seed: int,
+                   n_ex: int | None = None, amp_dtype: torch.dtype | None = None,
+                   distributed: bool | None = None) -> EvalResult:
+    """``evaluate`` on the first ``n_ex`` examples of ``loader``; ``distributed`` (default: in a process group)
+    shards every batch over the ranks and gathers the per-example results on every rank."""
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    max_batches = None if n_ex is None else -(-n_ex // loader.batch_size)
+    res = evaluate(model, loader.iterate(0), {label: attack}, generator=gen, amp_dtype=amp_dtype,
+                   max_batches=max_batches, distributed=current().enabled if distributed is None else distributed)
+    if n_ex is not None:
+        res.correct = {k: v[:n_ex] for k, v in res.correct.items()}
+    return res
+
+
+def final_evaluation(cfg: Config, run_dir: Path, trainer: Trainer, data: Data, train_seconds: float) -> dict[str, Any]:
+    """Evaluate the best (validation-chosen) and last checkpoints on the test split; write summary.json."""
+    threat = make_threat(cfg.threat.norm, cfg.threat.eps)
+    amp = AMP[cfg.train.amp]
+    attack = build_attack_from(cfg.eval.attack, threat, default_bn="eval", force_eval=True, amp_dtype=amp)
+    label = attack_label(cfg.eval.attack, threat)
+    rows = []
+    for which in ("best", "last"):
+        path = run_dir / f"{which}.pt"
+        if not path.exists():
+            continue
+        ckpt = load_checkpoint(path, map_location=trainer.device)
+        trainer.model.load_state_dict(ckpt["model"])
+        t0 = time.perf_counter()
+        res = evaluate_model(trainer.model, data.test, attack, label, seed=cfg.seed, n_ex=cfg.eval.n_ex, amp_dtype=amp)
+        acc = res.accuracy()
+        rows.append({"checkpoint": which, "epoch": ckpt["trainer"]["epoch"], "n_ex": res.n,
+                     "clean_acc": round(100 * acc["clean"], 2), f"{label}_acc": round(100 * acc[label], 2),
+                     "seconds": round(time.perf_counter() - t0, 1)})
+    summary = {
+        "name": cfg.name, "dataset": cfg.data.name, "model": cfg.model.name, "attack": cfg.attack["name"],
+        "threat": {"norm": cfg.threat.norm, "eps": cfg.threat.eps}, "eval_attack": {**cfg.eval.attack, "step": attack.step if hasattr(attack, "step") else None},
+        "selection": f"best.pt maximises {cfg.validation.select_on} on the held-out validation split",
+        "test": rows, "train_seconds": round(train_seconds, 1), "history": trainer.history,
+        "git_commit": git_commit(), "world_size": current().world_size,
+    }
+    table = format_table(rows, ["checkpoint", "epoch", "n_ex", "clean_acc", f"{label}_acc", "seconds"])
+    if current().is_main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        (run_dir / "summary.md").write_text(f"# {cfg.name}: test accuracy (%)\n\n{table}\n")
+    summary["table"] = table
+    return summary
+
+
+def run_training(cfg: Config, run_dir: Path, *, resume: bool = False) -> dict[str, Any]:
+    """Train (or resume) the run in ``run_dir``, then evaluate best and last on the test split."""
+    prepare_run_dir(cfg, run_dir, resume)
+    trainer, data = build_trainer(cfg, run_dir)
+    ckpt = run_dir / "last.pt" if resume else None
+    if resume and not ckpt.exists():
+        raise ConfigError(f"--resume: {str(ckpt)!r} does not exist; nothing to resume in {str(run_dir)!r}.")
+    tracker = next((cb for cb in trainer.callbacks if isinstance(cb, WandbLogger)), None)
+    if tracker is not None:
+        tracker.finish_at_fit_end = False  # finished below, with the test results
+    t0 = time.perf_counter()
+    try:
+        trainer.fit(resume=ckpt)
+        summary = final_evaluation(cfg, run_dir, trainer, data, time.perf_counter() - t0)
+    except BaseException:
+        if tracker is not None:
+            tracker.finish(exit_code=1)
+        raise
+    if tracker is not None:
+        sync = tracker.finish(summary, announce=False)
+        if sync:
+            summary["wandb_sync"] = sync  # the CLI prints it last
+    return summary
+
+
+__all__ = ["evaluate_model", "final_evaluation", "prepare_run_dir", "run_training"]
