@@ -1,7 +1,16 @@
-"""Datasets held in memory as uint8, a seeded validation split, and exactly resumable batch loaders."""
+"""Datasets held in memory as uint8, a seeded validation split, and exactly resumable batch loaders.
+
+Public API:
+
+* :class:`ArrayDataset`: images (uint8) and labels in memory, with the dataset's statistics.
+* :class:`BatchLoader`: seeded, exactly resumable batches (crop + flip augmentation, distributed shards).
+* :func:`first_examples`: the first ``n`` examples of a loader's epoch 0 (a fixed check or evaluation batch).
+* :data:`DATASETS`, :func:`load_dataset`: the registered datasets and their loader.
+* :func:`split_validation`: a seeded held-out validation split.
+"""
 from robustrain.data.dataset import ArrayDataset
-from robustrain.data.loader import BatchLoader
+from robustrain.data.loader import BatchLoader, first_examples
 from robustrain.data.registry import DATASETS, load_dataset
 from robustrain.data.split import split_validation
 
-__all__ = ["ArrayDataset", "BatchLoader", "DATASETS", "load_dataset", "split_validation"]
+__all__ = ["ArrayDataset", "BatchLoader", "DATASETS", "first_examples", "load_dataset", "split_validation"]
