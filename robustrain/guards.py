@@ -3,8 +3,8 @@
 * :func:`restore_modes`: every module's own ``training`` flag is restored on exit, even through an exception.
 * :func:`eval_mode`: the model in eval mode inside the block, each module's own mode restored afterwards.
 
-(``robustrain.attacks.attack_guard`` additionally freezes the parameters and restores their gradients and the
-norm layers' running-statistics flags, for attacks.)
+(``robustrain.attacks.attack_guard``, built on :func:`restore_modes`, also freezes the parameters and restores their
+gradients and the norm layers' running-statistics flags, for attacks.)
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .attacks import Attack
-from .attacks.sections import attack_label, build_attack_from
+from .attacks.sections import build_attack_from
 from .build import AMP, Data, build_trainer
 from .config import Config, dump_yaml
 from .data import BatchLoader
@@ -71,7 +71,7 @@ def final_evaluation(cfg: Config, run_dir: Path, trainer: Trainer, data: Data, t
     threat = make_threat(cfg.threat.norm, cfg.threat.eps)
     amp = AMP[cfg.train.amp]
     attack = build_attack_from(cfg.eval.attack, threat, default_bn="eval", force_eval=True, amp_dtype=amp)
-    label = attack_label(cfg.eval.attack, threat)
+    label = attack.label
     rows = []
     for which in ("best", "last"):
         path = run_dir / f"{which}.pt"

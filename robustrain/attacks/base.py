@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..guards import restore_modes
 from ..threat import ThreatModel
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -105,26 +106,24 @@ def attack_guard(model: nn.Module, bn_mode: str = "eval", update_bn_stats: bool 
     if bn_mode not in BN_MODES:
         raise ConfigError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}.")
     _check_bn_update(bn_mode, update_bn_stats)
-    modes = [(m, m.training) for m in model.modules()]
     params = list(model.parameters())
     flags = [(p, p.requires_grad, p.grad) for p in params]
     norms = _norm_layers(model)
-    try:
-        model.train(bn_mode == "train")
-        if bn_mode == "train" and not update_bn_stats:
+    with restore_modes(model):
+        try:
+            model.train(bn_mode == "train")
+            if bn_mode == "train" and not update_bn_stats:
+                for m in norms:
+                    m.track_running_stats = False  # batch statistics, running buffers left alone
+            for p in params:
+                p.requires_grad_(False)
+            yield
+        finally:
             for m in norms:
-                m.track_running_stats = False  # batch statistics, running buffers left alone
-        for p in params:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for m in norms:
-            m.track_running_stats = True
-        for m, training in modes:
-            m.training = training
-        for p, req, grad in flags:
-            p.requires_grad_(req)
-            p.grad = grad
+                m.track_running_stats = True
+            for p, req, grad in flags:
+                p.requires_grad_(req)
+                p.grad = grad
 
 
 def format_step(value: float, norm: str) -> str:

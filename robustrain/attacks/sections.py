@@ -1,8 +1,8 @@
 """An attack from a config section (``{name: pgd, steps: 10, ...}``): the builder's training, validation and test
 attacks and the evaluation pipeline's stages are built here.
 
-* :func:`build_attack_from`: the attack of a section, with the BatchNorm mode rule of its use.
-* :func:`attack_label`: the label of a section's attack in summaries and reports (``pgd-<steps>-<restarts>``).
+* :func:`build_attack_from`: the attack of a section, with the BatchNorm mode rule of its use (evaluation and
+  validation attacks run the model in eval mode; a training attack's default is ``default_bn``).
 """
 from __future__ import annotations
 
@@ -25,11 +25,4 @@ def build_attack_from(section: dict, threat: ThreatModel, *, default_bn: str, fo
     return build_attack(section["name"], threat, amp_dtype=amp_dtype, **kwargs)
 
 
-def attack_label(section: dict, threat: ThreatModel) -> str:
-    name = section["name"]
-    if name == "pgd":
-        return f"pgd-{section.get('steps', 10)}-{section.get('restarts', 1)}"
-    return name
-
-
-__all__ = ["attack_label", "build_attack_from"]
+__all__ = ["build_attack_from"]
