@@ -7,7 +7,8 @@
 #   scripts/reproduce_co.sh [METHOD ...]        # default: all; e.g. scripts/reproduce_co.sh fgsm elle
 #   MNIST_ROOT=../shared/data/mnist THREADS=1 scripts/reproduce_co.sh
 #
-# Runs one training at a time. Measured on 2 shared CPU cores: 2–6 minutes per method, ~35 minutes for the set.
+# Runs one training at a time. Measured on 2 shared CPU cores (Wong MNIST base, 10 epochs): 2–6 minutes of training
+# per method plus its test evaluation, ~40 minutes for the set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
