@@ -137,7 +137,7 @@ class MonitorConfig:
     rule off). RO: validation robust accuracy averaged over ``ro_window`` epochs (null: epochs/20, 2 to 10) below the
     best such average by more than ``ro_margin`` or the sampling-error bound (from ``data.val_size``) for
     ``ro_patience`` epochs, watched only after the schedule's first lr decay unless ``ro_after_decay: false``. The
-    bounds keep each rule's false-alarm probability per run at ``false_alarm`` (binomial noise; results/monitor_eval.md
+    bounds keep each rule's false-alarm probability per run at ``false_alarm`` (binomial noise; results/studies/monitor_cifar10_replay.md
     measures it). ``rules``: replaces the default rules, names or {name: ..., option: value}. ``action``: warn, stop
     or rollback (to the last healthy check, with a ``remedy``: {kind: lr, factor: 0.5}, {kind: attack, name: nfgsm},
     {kind: regulariser, name: ...})."""

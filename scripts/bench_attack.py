@@ -180,7 +180,7 @@ def print_table(title: str, summary: dict[str, dict], baseline: str, target: flo
 
 
 def markdown_report(paths: list[Path]) -> str:
-    """Markdown tables of one or more ``--json`` files (what results/bench_attack.md shows)."""
+    """Markdown tables of one or more ``--json`` files (what results/benchmarks/attack.md shows)."""
     lines: list[str] = []
     for path in paths:
         run = json.loads(path.read_text())
@@ -221,7 +221,7 @@ def markdown_summary(paths: list[Path]) -> str:
             for name in run.get(key, {}).get("contenders", {}):
                 if name != run[key]["baseline"] and (key, name) not in names:
                     names.append((key, name))
-    head = [f"`{p.parent.name}/{p.name}`" if p.parent.name != "results" else f"`{p.name}`" for p in paths]
+    head = [f"`{p.parent.name}/{p.name}`" if p.parent.name != "benchmarks" else f"`{p.name}`" for p in paths]
     lines = ["| median ratio vs baseline | " + " | ".join(head) + " |", "|---" * (len(paths) + 1) + "|"]
     for key, name in names:
         cells = []

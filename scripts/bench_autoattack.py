@@ -22,7 +22,7 @@ Example:
     python /work/shared/data/get_cifar10.py data/cifar10
     OMP_NUM_THREADS=1 nice -n 10 python scripts/bench_autoattack.py --data-root data/cifar10 --eps 2/255 \\
         --n-ex 500 --batch-size 250 \\
-        --json results/autoattack_bench.json --md results/autoattack_bench.md
+        --json results/benchmarks/autoattack.json --md results/benchmarks/autoattack.md
 """
 from __future__ import annotations
 

@@ -11,13 +11,13 @@ On a CUDA device (``--mode gpu``, the default when CUDA is available):
 2. A full PGD-10 attack (L∞ 8/255, step 2/255, one restart, keep-best) on PreActResNet-18 with the fused step
    (``ROBUSTRAIN_KERNELS=triton``) and without it (``=reference``), interleaved repeats.
 
-Writes ``results/kernels_bench_<gpu>.{md,json}``.
+Writes ``results/benchmarks/kernels_<gpu>.{md,json}``.
 
 On CPU (``--mode cpu``): the input-gradient-only attack that robustrain runs (parameters frozen,
 ``torch.autograd.grad`` with respect to δ) against the same PGD loop whose gradient comes from a full
 ``loss.backward()`` with the parameters requiring grad (weight gradients computed too, as in Wong et al.'s
 reference code), on a narrow PreActResNet-18 and on a small CNN; contenders interleaved in every repeat
-(the order rotates), paired per-repeat ratios, median. Writes ``results/kernels_bench_cpu.{md,json}``.
+(the order rotates), paired per-repeat ratios, median. Writes ``results/benchmarks/kernels_cpu.{md,json}``.
 
 Examples:
     OMP_NUM_THREADS=1 nice -n 10 python scripts/bench_kernels.py --mode cpu --threads 1
@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--amp", choices=("none", "bf16"), default="bf16", help="model autocast dtype (gpu mode)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile of the reference")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, no result files (checks the code path)")
-    p.add_argument("--out", type=Path, default=ROOT / "results", help="folder for the result files")
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "benchmarks", help="folder for the result files")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report", type=Path, default=None, metavar="JSON",
                    help="rewrite the markdown file beside an earlier result JSON and exit; measures nothing")
@@ -317,14 +317,14 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(gpu=args.mode == "gpu")
     if args.mode == "cpu":
         res = bench_cpu(args)
-        stem = "kernels_bench_cpu"
+        stem = "kernels_cpu"
         md = cpu_markdown(env, res)
     else:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if device.type == "cpu" and not args.smoke:
             sys.exit("--mode gpu needs a CUDA device (use --smoke with TRITON_INTERPRET=1 to check the code path).")
         res = {"kernels": bench_kernels(args, device), "pgd": bench_pgd(args, device)}
-        stem = "kernels_bench_" + re.sub(r"[^A-Za-z0-9]+", "_", env.get("gpu", "cpu")).strip("_").lower()
+        stem = "kernels_" + re.sub(r"[^A-Za-z0-9]+", "_", env.get("gpu", "cpu")).strip("_").lower()
         md = gpu_markdown(env, res)
     env["load_avg_end"] = load_avg()
     print(md)

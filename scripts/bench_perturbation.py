@@ -16,7 +16,7 @@ Contenders (L∞ ε = 8/255):
   lap_code     fgsm_rs + LAP (official-code behaviour): the same plus an optimiser step on saved state
 
 Examples:
-    OMP_NUM_THREADS=1 nice -n 10 python scripts/bench_perturbation.py --threads 1 --out results/perturbation_bench.md
+    OMP_NUM_THREADS=1 nice -n 10 python scripts/bench_perturbation.py --threads 1 --out results/benchmarks/perturbation.md
     python scripts/bench_perturbation.py --data-root data/cifar10 --only pgd_awp
 """
 from __future__ import annotations

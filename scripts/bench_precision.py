@@ -15,7 +15,7 @@ Reported: median seconds per step, images/s and the per-repeat paired ratios fp3
 and range). The timing helpers are those of :mod:`robustrain.benchmarking`.
 
 Example:
-    OMP_NUM_THREADS=1 nice -n 10 python scripts/bench_precision.py --threads 1 --json results/precision_bench_cpu.json
+    OMP_NUM_THREADS=1 nice -n 10 python scripts/bench_precision.py --threads 1 --json results/benchmarks/precision_cpu.json
 """
 from __future__ import annotations
 

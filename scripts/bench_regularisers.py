@@ -19,7 +19,7 @@ Contenders (CIFAR-10-sized batch, L∞ ε = 8/255, the paper defaults at that ε
   weight_centralisation  fgsm + weight centralisation (one history snapshot present)
 
 Examples:
-    python scripts/bench_regularisers.py --threads 1 --out results/regularisers_bench.md
+    python scripts/bench_regularisers.py --threads 1 --out results/benchmarks/regularisers.md
     python /work/shared/data/get_cifar10.py data/cifar10
     python scripts/bench_regularisers.py --data-root data/cifar10
 """

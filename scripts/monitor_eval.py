@@ -2,14 +2,14 @@
 """A labelled evaluation of the overfitting monitor's rules (issue 15): replays on a stored curve, and live runs.
 
     # 1. the stored curve: Rice et al.'s validation run, read from the official log (done once; the CSV is committed)
-    python scripts/monitor_eval.py extract LOG --commit SHA --out results/data/rice_cifar10_validation.csv
+    python scripts/monitor_eval.py extract LOG --commit SHA --out results/studies/data/rice_cifar10_validation.csv
 
     # 2. replay the robust-overfitting rules on it with Monte-Carlo binomial noise at several validation sizes
-    python scripts/monitor_eval.py replay --runs 2000 --n 200 256 500 1000 --out results/monitor_eval
+    python scripts/monitor_eval.py replay --runs 2000 --n 200 256 500 1000 --out results/studies/monitor_cifar10_replay
 
     # 3. live MNIST runs that collapse (FGSM, FGSM-RS) and that do not (PGD-AT, N-FGSM, ELLE-A), several seeds
     OMP_NUM_THREADS=1 python scripts/monitor_eval.py live --mnist /work/shared/data/mnist --out-dir runs/monitor_eval \
-        --seeds 0 1 2 --table results/monitor_eval_live.md
+        --seeds 0 1 2 --table results/studies/monitor_mnist_live.md
 
 Replay: the truth is the robust accuracy of each epoch's model on the 10,000 CIFAR-10 test images (sampling error
 0.5 points); each simulated run measures it on ``n`` validation images (binomial), and every rule is applied to that
@@ -58,7 +58,7 @@ from robustrain.training.monitor_rules._stats import binomial_se, calibrated_z, 
 
 RICE_REPO = "locuslab/robust_overfitting"
 RICE_LOG = "experiments/cifar10_validation/preactresnet18/output.log"
-CURVE = ROOT / "results" / "data" / "rice_cifar10_validation.csv"
+CURVE = ROOT / "results" / "studies" / "data" / "rice_cifar10_validation.csv"
 COLUMNS = ("epoch", "lr", "train_robust_acc", "test_clean_acc", "test_robust_loss", "test_robust_acc",
            "val_clean_acc", "val_robust_loss", "val_robust_acc")
 
@@ -489,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     r.add_argument("--truth", choices=("test", "val"), default="test")
     r.add_argument("--within", type=int, default=15, help="detection target: epochs after the peak")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--out", type=Path, default=ROOT / "results" / "monitor_eval")
+    r.add_argument("--out", type=Path, default=ROOT / "results" / "studies" / "monitor_cifar10_replay")
     lv = sub.add_parser("live", help="live MNIST runs with the monitor warning, a probe as ground truth")
     lv.add_argument("--mnist", required=True, help="folder with the four MNIST .gz files")
     lv.add_argument("--out-dir", type=Path, default=ROOT / "runs" / "monitor_eval")

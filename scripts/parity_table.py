@@ -1,6 +1,6 @@
-"""Run every official-recipe parity case (tests/parity/case_*.py) and write results/parity.md.
+"""Run every official-recipe parity case (tests/parity/case_*.py) and write results/parity/official_recipes.md.
 
-    .venv/bin/python scripts/parity_table.py [--out results/parity.md] [-k SUBSTRING]
+    .venv/bin/python scripts/parity_table.py [--out results/parity/official_recipes.md] [-k SUBSTRING]
 
 One row per case: the recipe, the official file@commit it is compared with, the behaviour the recipe follows, the
 number of optimiser steps, the comparison mode, the maximum relative weight and BatchNorm-buffer differences, and
@@ -62,7 +62,7 @@ def row(case, result, error: str | None, seconds: float) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(REPO / "results" / "parity.md"))
+    ap.add_argument("--out", default=str(REPO / "results" / "parity" / "official_recipes.md"))
     ap.add_argument("-k", default=None, help="only cases whose name contains this")
     args = ap.parse_args()
     torch.set_num_threads(1)

@@ -1,6 +1,6 @@
 """Table and plot of robust overfitting for a set of run folders (issue 4: PGD-AT with and without weight perturbation).
 
-    python scripts/plot_ro.py runs/ro_cifar10 --methods pgd awp rwp --out results/ro_awp --command "..."
+    python scripts/plot_ro.py runs/ro_cifar10 --methods pgd awp rwp --out results/studies/ro_cifar10 --command "..."
 
 Reads, per run folder ROOT/METHOD: metrics.jsonl (per-epoch val_clean_acc / val_robust_acc, per-step
 train_adv_acc), config.yaml and summary.json (test accuracy of the best and last checkpoints) if present; a run

@@ -1,6 +1,6 @@
 """Table and plot of clean and PGD accuracy per epoch for a set of run folders (issue 3's CO study).
 
-    python scripts/plot_runs.py runs/co_mnist --methods fgsm elle ... --out results/co_mnist \
+    python scripts/plot_runs.py runs/co_mnist --methods fgsm elle ... --out results/studies/co_mnist \
         --title "..." --command "scripts/reproduce_co.sh"
 
 Reads, per run folder ROOT/METHOD: metrics.jsonl (per-epoch val_clean_acc / val_robust_acc; per-step

@@ -32,6 +32,6 @@ for m in "${METHODS[@]}"; do
   "$PY" -m robustrain.cli eval "$run" --checkpoint last --attack fgsm --n-ex 1000 --data-root "$MNIST_ROOT" \
     --out "$run/eval_fgsm_last.json" > /dev/null
 done
-"$PY" scripts/plot_runs.py "$OUT" --methods "${METHODS[@]}" --out results/co_mnist \
+"$PY" scripts/plot_runs.py "$OUT" --methods "${METHODS[@]}" --out results/studies/co_mnist \
   --title "MNIST, ε = 0.3, small CNN: catastrophic overfitting and the regularisers" \
   --command "MNIST_ROOT=$MNIST_ROOT THREADS=$OMP_NUM_THREADS scripts/reproduce_co.sh ${*:-}"

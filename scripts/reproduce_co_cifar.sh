@@ -4,14 +4,14 @@
 # ε = 16/255) and gets the same CPU-scale overrides: 8,000 training images (256 more held out for validation),
 # PreActResNet-18 of width 8, batch 64, 6 epochs, cyclic lr 0 → 0.1 → 0, crop+flip, PGD-10 (step 4/255) on the
 # held-out images each epoch, test PGD-10 on 500 test images. Runs go to runs/co_cifar/<method> (metrics.jsonl
-# has the per-epoch val_clean_acc / val_robust_acc / val_fgsm_acc), the table and the plot to results/co_cifar10.*.
+# has the per-epoch val_clean_acc / val_robust_acc / val_fgsm_acc), the table and the plot to results/studies/co_cifar10.*.
 #
 #   scripts/reproduce_co_cifar.sh [METHOD ...]     # default: fgsm fgsm_rs nfgsm elle elle_a gradalign gradalign_lam0.5 aaer_rs_lam2_0
 #   CIFAR_ROOT=data/cifar10 THREADS=1 scripts/reproduce_co_cifar.sh fgsm elle
 #
 # One training at a time, under nice. Measured on 2 shared CPU cores (load 3–6): 3.5 min (FGSM, FGSM-RS) to
 # 12 min (ELLE-A) per method, ~45 min for the default set. aaer / aaer_rs (paper λ at ε = 16/255) diverge here
-# (NaN in epoch 1–2; see results/co_cifar10.md); the script stops at such a run (set -e).
+# (NaN in epoch 1–2; see results/studies/co_cifar10.md); the script stops at such a run (set -e).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -57,6 +57,6 @@ for m in "${METHODS[@]}"; do
   [ -f "$run/eval_fgsm_last.json" ] || nice -n 10 "$PY" -m robustrain.cli eval "$run" --checkpoint last --attack fgsm \
     --n-ex 500 --data-root "$CIFAR_ROOT" --out "$run/eval_fgsm_last.json" > /dev/null
 done
-"$PY" scripts/plot_runs.py "$OUT" --methods "${METHODS[@]}" --out results/co_cifar10 --val-fgsm \
+"$PY" scripts/plot_runs.py "$OUT" --methods "${METHODS[@]}" --out results/studies/co_cifar10 --val-fgsm \
   --title "CIFAR-10 (8k images), ε = 16/255, PreActResNet-18 width 8: catastrophic overfitting and the regularisers" \
   --command "CIFAR_ROOT=$CIFAR_ROOT THREADS=$OMP_NUM_THREADS scripts/reproduce_co_cifar.sh ${*:-}"

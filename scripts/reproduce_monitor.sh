@@ -15,4 +15,4 @@ common=(-c configs/mnist_fgsm_monitor.yaml --set "data.root=$mnist" --set train.
 .venv/bin/robustrain train "${common[@]}" --run-dir "$out/nfgsm_healthy" --set monitor.action=warn \
   --set "attack={name: nfgsm, bn_mode: train}"
 .venv/bin/python scripts/plot_monitor.py "$out/fgsm_warn" "$out/fgsm_rollback_nfgsm" "$out/nfgsm_healthy" \
-  --out results/monitor_mnist --title "MNIST, small CNN, ε 0→0.3 over 2 epochs: held-out check batch"
+  --out results/studies/monitor_mnist --title "MNIST, small CNN, ε 0→0.3 over 2 epochs: held-out check batch"

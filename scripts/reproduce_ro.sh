@@ -2,7 +2,7 @@
 # Robust overfitting and weight perturbation (issue 4) at CPU scale: PGD-AT, PGD-AT + AWP and PGD-AT + RWP (the
 # papers' γ = 0.01, RWP c_min 1.7 and 10 steps) on the small CIFAR-10 setting of configs/cifar10_ro_small.yaml
 # (500 training images, small CNN, 50 epochs), plus AWP with a 5x larger γ (0.05, not a paper value: how the gap
-# responds to the perturbation's size), one run at a time, then the table and plot results/ro_awp.{md,png}
+# responds to the perturbation's size), one run at a time, then the table and plot results/studies/ro_cifar10.{md,png}
 # (best-vs-last gap of each).
 #
 #   scripts/reproduce_ro.sh [METHOD ...]        # default: pgd awp rwp awp_gamma0.05
@@ -37,5 +37,5 @@ for m in "${METHODS[@]}"; do
     --set "data.root=$CIFAR_ROOT" --set train.progress=false --set wandb.mode=disabled \
     --set "weight_perturbation=${WP[$m]}"
 done
-"$PY" scripts/plot_ro.py "$OUT" --methods "${METHODS[@]}" --out results/ro_awp \
+"$PY" scripts/plot_ro.py "$OUT" --methods "${METHODS[@]}" --out results/studies/ro_cifar10 \
   --command "CIFAR_ROOT=$CIFAR_ROOT THREADS=$OMP_NUM_THREADS scripts/reproduce_ro.sh ${*:-}"

@@ -183,7 +183,7 @@ class Attack:
         compile: run the forward, the loss and the input-gradient backward through ``torch.compile``
             (opt-in; the first call for a new model mode or input shape pays the compilation, tens of
             seconds on CPU). On CPU (width-16 PreActResNet-18, batch 128) PGD-10 ran about 1.5x faster
-            than eager with a contiguous model and 1.2-1.4x with a channels_last one (results/bench_attack.md).
+            than eager with a contiguous model and 1.2-1.4x with a channels_last one (results/benchmarks/attack.md).
             When compilation fails the attack warns once and runs eagerly from then on.
 
     Describing and scaling itself: :meth:`settings` states everything the attack does (its real step and the rule

@@ -17,7 +17,7 @@ z^adv, with V_N a stop-gradient). That is the default here (``lam2_gradient: fal
 were tuned with it. ``lam2_gradient: true`` instead differentiates the λ2 term through ℓ^adv, as the formula read
 literally has it: the net coefficient of ∇ℓ_i^adv of an AAE becomes (1 − λ1·λ2)/B, gradient *ascent* on the AAEs for
 every published λ2 > 1; at CIFAR-10 ε = 16/255 (λ2 = 7 / 8.5) that diverged to a non-finite loss within two epochs
-(``results/co_cifar10.md``).
+(``results/studies/co_cifar10.md``).
 
 Deprecated spelling: ``drop_gradient`` (until this release the only name) meant the opposite of what it says:
 ``drop_gradient: true`` *kept* the λ2 gradient. It still works, with the same meaning

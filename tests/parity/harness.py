@@ -2,7 +2,7 @@
 official training loop, on the same batches, from the same initial weights, with the same random draws.
 
 What a parity case is (one module ``tests/parity/case_<name>.py`` per recipe; ``test_parity.py`` collects them and
-``scripts/parity_table.py`` writes ``results/parity.md`` from them):
+``scripts/parity_table.py`` writes ``results/parity/official_recipes.md`` from them):
 
 * ``CASE = Case(recipe=..., official="owner/repo path@commit", behaviour=..., by_design=..., run=run)``, where
   ``run() -> CaseResult`` (usually ``return compare(case, ours, ref)``). ``by_design`` says, in a sentence, what the

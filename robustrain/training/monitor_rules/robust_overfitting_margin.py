@@ -1,5 +1,5 @@
 """The first RO rule, kept for comparison: raw validation robust accuracy ``margin`` below its best for ``patience``
-epochs. Its false-alarm rate depends on the validation size and the schedule (see results/monitor_eval.md)."""
+epochs. Its false-alarm rate depends on the validation size and the schedule (see results/studies/monitor_cifar10_replay.md)."""
 from __future__ import annotations
 
 from typing import Any
