@@ -18,6 +18,7 @@ def _broken_compiler(*args, **kwargs):
     raise RuntimeError("simulated compiler failure")
 
 
+@pytest.mark.slow
 def test_compile_failure_falls_back_to_eager_and_warns_once(digits):
     model = make_digits_model()
     x, y = digits_batch(digits[0], 8)

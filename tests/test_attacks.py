@@ -47,6 +47,7 @@ def model_with_bn():
     return make_digits_model(batchnorm=True)
 
 
+@pytest.mark.slow
 @given(name=st.sampled_from(sorted(ATTACKS)), norm=st.sampled_from(["linf", "l2"]), eps=st.floats(0.0, 0.4),
        bn_mode=st.sampled_from(["eval", "train"]), training=st.booleans(), seed=st.integers(0, 10_000),
        n=st.integers(1, 9))
@@ -174,6 +175,7 @@ def test_same_generator_seed_gives_same_result(digits):
     assert torch.equal(r1.x_adv, r2.x_adv)
 
 
+@pytest.mark.slow
 def test_pgd_keep_best_is_no_weaker_than_last_iterate(trained_digits_model, digits):
     x, y = digits_batch(digits[1], 300)
     t = make_threat("linf", 0.1)
@@ -191,7 +193,8 @@ def test_pgd_keep_best_is_no_weaker_than_last_iterate(trained_digits_model, digi
     assert best_r <= best
 
 
-@pytest.mark.parametrize("norm,eps,reference", [("linf", 0.1, "PGD"), ("l2", 0.5, "PGDL2")])
+@pytest.mark.parametrize("norm,eps,reference", [pytest.param("linf", 0.1, "PGD", marks=pytest.mark.slow),
+                                                ("l2", 0.5, "PGDL2")])
 def test_pgd_at_least_as_strong_as_torchattacks(trained_digits_model, digits, norm, eps, reference):
     """Same settings (10 steps of eps/4, one random start) on the same trained model: robustrain's robust
     accuracy may not exceed torchattacks' by more than 0.5 pp."""
@@ -338,6 +341,7 @@ def test_clip_init_false_is_wong_mnist_fgsm(digits):
         build_attack("fgsm_rs", make_threat("linf", eps), clip=False, clip_init=True)
 
 
+@pytest.mark.slow
 def test_first_batch_bn_mode_eval_is_the_awp_rwp_loops_first_batch(tmp_path):
     """csdongxian/AWP, Robust-Weight-Perturbation: the first batch of every epoch after the first is attacked in the
     eval mode the end-of-epoch evaluation left the model in; every other batch in train mode."""

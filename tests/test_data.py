@@ -665,6 +665,7 @@ def test_loader_augmentation_differs_between_batches() -> None:
     assert not torch.equal(batches[0][0], batches[1][0])
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_loader_cuda_matches_cpu() -> None:
     ds = random_dataset(50)

@@ -101,6 +101,7 @@ def test_compile_falls_back_to_eager_with_one_warning():
 
 
 # -- torchrun: the real launch ------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_torchrun_training_matches_one_process(tmp_path):
     """`torchrun --nproc_per_node=2 -m robustrain.cli train` (gloo): the same weights (float tolerance) and the same
     validation and test report as one process with the same global batch and seed."""
@@ -195,6 +196,7 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_distributed_resume_and_evaluation(tmp_path):
     """Two spawned ranks: a run killed mid-epoch and resumed from the rank-0 checkpoint ends with the weights of the
     uninterrupted run on every rank; a distributed evaluation gathers the per-example results of one process."""

@@ -44,6 +44,7 @@ def model_with_bn():
     return make_digits_model(batchnorm=True)
 
 
+@pytest.mark.slow
 @given(norm=st.sampled_from(["linf", "l2"]), eps=st.floats(0.0, 0.4), ratio=st.sampled_from([0.5, 1.0, 1.25]),
        clip_init=st.booleans(), bn_mode=st.sampled_from(["eval", "train"]), training=st.booleans(),
        seed=st.integers(0, 10_000), n=st.integers(1, 9))
@@ -265,6 +266,7 @@ def _mep_cfg(tmp_path, *extra):
                                "clip_init: false}", *extra])
 
 
+@pytest.mark.slow
 def test_kill_mid_epoch_and_resume_gives_identical_weights_and_buffers(tmp_path):
     cfg = _mep_cfg(tmp_path, "train.epochs=3", "train.checkpoint_every=5")
     full, _ = build_trainer(cfg, tmp_path / "full")
@@ -314,6 +316,7 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_distributed_ranks_hold_the_single_process_buffer(tmp_path):
     """Two gloo ranks (quickstart's small CNN has no BatchNorm, so every example's gradient is that of one process):
     both ranks end with the buffers and (to rounding) the weights of a single process."""

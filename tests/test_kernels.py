@@ -114,6 +114,7 @@ def test_philox_matches_the_random123_known_answers():
         assert tuple(int(w) for w in words) == out
 
 
+@pytest.mark.slow
 def test_philox_uniforms_are_uniform_in_0_1():
     u = R.philox_uniform(123, 200_000)
     assert u.dtype == torch.float32 and 0.0 <= u.min() and u.max() < 1.0
@@ -204,6 +205,7 @@ def test_attack_backward_runs_with_parameters_frozen_and_writes_no_grad(digits, 
 
 
 # -- parity through the Triton interpreter ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_parity_through_the_triton_interpreter():
     """Run this file's ``test_fused_*`` tests in a subprocess with TRITON_INTERPRET=1 set before any import."""
     if INTERPRETER:

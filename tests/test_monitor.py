@@ -136,6 +136,7 @@ def test_check_runs_in_eval_mode_and_leaves_the_model_alone(tmp_path):
     assert 0 <= chk.pgd <= chk.clean <= 1 and -1 <= chk.signals["grad_alignment"] <= 1
 
 
+@pytest.mark.slow
 def test_rollback_restores_the_healthy_weights_and_applies_the_remedy(tmp_path):
     trainer, _ = tiny_trainer(tmp_path, "monitor.action=rollback", "monitor.remedy={kind: lr, factor: 0.5}",
                               "train.epochs=1")
@@ -198,6 +199,7 @@ def test_rollback_does_not_tie_the_optimizer_to_the_snapshot(tmp_path):
         assert torch.equal(s["momentum_buffer"], frozen[k]["momentum_buffer"]), k
 
 
+@pytest.mark.slow
 def test_rollback_limit_then_gives_up_and_stops(tmp_path):
     trainer, _ = tiny_trainer(tmp_path, "train.epochs=3")
     collapse = [(0.8, 0.5, 0.4), (0.9, 0.9, 0.0)]
@@ -216,6 +218,7 @@ def test_stop_action_ends_training(tmp_path):
     assert trainer.step == 4 and trainer.should_stop
 
 
+@pytest.mark.slow
 def test_events_reach_the_metrics_log_once_per_episode(tmp_path):
     trainer, _ = tiny_trainer(tmp_path, "train.epochs=1")
     script = [(0.8, 0.5, 0.4), (0.9, 0.9, 0.0), (0.9, 0.9, 0.0), (0.9, 0.9, 0.0)] + [(0.9, 0.6, 0.4)] * 40
@@ -249,6 +252,7 @@ def test_bad_monitor_configs():
         OverfitMonitor(torch.zeros(1, 1, 8, 8), torch.zeros(1, dtype=torch.long), make_threat("linf", 0.1), every=0)
 
 # -- signals declared by loss terms ----------------------------------------------------------------------
+@pytest.mark.slow
 def test_each_declared_signal_reaches_a_check(tmp_path):
     """Every registered loss term that declares signals: a short run with it on, the monitor checking every 2 steps;
     each declared signal must arrive in the checks (finite), none may be reported missing."""
@@ -431,6 +435,7 @@ def test_co_false_alarm_rate_on_a_healthy_run(n):
 
 
 # -- rollback to the last healthy check -----------------------------------------------------------------
+@pytest.mark.slow
 def test_rollback_skips_a_check_that_passed_inside_the_collapse(tmp_path):
     """Checks at steps 2, 4, 6, 8: PGD 0.45, 0.46, 0.32 (14 points down: below the 20-point threshold, so it passes,
     but more than half-way to it, so it is not healthy), 0.02 (declared). The rollback restores step 4's weights."""

@@ -71,6 +71,7 @@ def mart_reference(model, x, y, x_adv, beta):
     return loss_adv + float(beta) * loss_robust
 
 
+@pytest.mark.slow
 @settings(max_examples=10)
 @given(name=st.sampled_from(["trades", "mart"]), beta=st.floats(0.0, 10.0), offset=st.integers(0, 200),
        seed=st.integers(0, 1000))
@@ -172,6 +173,7 @@ def test_trades_recipe_has_the_paper_settings():
     assert cfg.schedule.milestones[0] == 75 and cfg.schedule.count_from == 1 and cfg.model.normalise is False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective, loss, perturbation", [
     ("trades", "kl", "{name: awp, gamma: 0.005, warmup_epochs: 1}"),  # TRADES-AWP
     ("mart", "ce", "{name: rwp, gamma: 0.01, c_min: 2.0, steps: 2}"),  # MART with RWP on its per-example loss

@@ -431,6 +431,7 @@ FAST = ["train.progress=false", "validation.attack={name: pgd, steps: 3, restart
         "eval.attack={name: pgd, steps: 5, restarts: 1}", "wandb.mode=disabled"]
 
 
+@pytest.mark.slow
 def test_awp_training_on_digits_learns_and_resumes_exactly(tmp_path):
     cfg = load_config(QUICK, [*FAST, "weight_perturbation={name: awp, gamma: 0.01}", f"out_dir={tmp_path}"])
     full, _ = build_trainer(cfg, tmp_path / "full")

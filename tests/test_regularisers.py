@@ -256,6 +256,7 @@ def test_elle_behaviour_through_the_config_and_the_trainer(tmp_path):
     assert ELLE(THREAT).behaviour == "paper" and ELLE(THREAT).optimizer_steps == 1  # the default is the paper
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("warmup_epochs", [2, 0], ids=["eps_warmup", "no_warmup"])
 def test_elle_and_gradalign_draw_in_the_radius_the_attack_used(tmp_path, monkeypatch, warmup_epochs):
     """During the ε warm-up the step context carries the attack's scaled threat model: ELLE's triplets and
@@ -668,7 +669,7 @@ def _round_trip(state: dict, tmp_path: Path) -> dict:
     return torch.load(tmp_path / "state.pt", weights_only=True)
 
 
-@pytest.mark.parametrize("name", ["elle_a", "convergesmooth", "weight_centralisation"])
+@pytest.mark.parametrize("name", [pytest.param("elle_a", marks=pytest.mark.slow), "convergesmooth", "weight_centralisation"])
 def test_state_dict_round_trip_gives_identical_continuation(name, batch, tmp_path):
     x, y = batch
     options = {"convergesmooth": {"stride": 0, "gamma": 0.001}}.get(name, {})
@@ -713,6 +714,7 @@ FAST = ["train.progress=false", "validation.attack={name: pgd, steps: 2, restart
         "data.batch_size=200", "data.val_size=100", "train.epochs=2", "train.checkpoint_every=2"]
 
 
+@pytest.mark.slow
 def test_trainer_run_through_the_config_logs_every_term_and_resumes_exactly(tmp_path):
     cfg = load_config(QUICK, [*FAST, ALL_SIX, f"out_dir={tmp_path}"])
     full, _ = build_trainer(cfg, tmp_path / "full")

@@ -176,6 +176,7 @@ def test_offline_run_holds_config_metrics_and_events(tracked_run):
         assert logged["summary"][f"test/{row['checkpoint']}/pgd-2-1_acc"] == row["pgd-2-1_acc"]
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_wandb_run_and_eval_attaches_its_report(tracked_run, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     shutil.copytree(tracked_run, run, ignore=shutil.ignore_patterns("wandb"))
@@ -256,6 +257,7 @@ def test_wandb_config_is_validated():
 
 
 # -- reports ----------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_report_draws_and_summarises_run_folders(tracked_run, tmp_path, capsys):
     assert main(["report", str(tracked_run)]) == 0
     out = tracked_run / "report"

@@ -71,6 +71,7 @@ def test_fgsm_rs_training_on_digits_is_robust(tmp_path):
     assert all("loss" in l and "lr" in l for l in lines if l["kind"] == "step")
 
 
+@pytest.mark.slow
 def test_standard_training_baseline_is_not_robust_but_adversarial_is(digits):
     """Without adversarial training the same model is far less robust (the comparison that makes the
     robust-accuracy test meaningful)."""
@@ -96,6 +97,7 @@ def test_standard_training_baseline_is_not_robust_but_adversarial_is(digits):
     assert accs["adversarial"] > accs["standard"] + 0.2, accs
 
 
+@pytest.mark.slow
 def test_pgd_trainer_preset_trains(digits):
     from robustrain.data import BatchLoader
     from robustrain.threat import make_threat
@@ -114,6 +116,7 @@ def test_pgd_trainer_preset_trains(digits):
 
 
 # -- exact resume ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_kill_mid_epoch_and_resume_gives_identical_weights(tmp_path):
     overrides = ["train.epochs=3", "train.checkpoint_every=7", "data.batch_size=100"]
     cfg = quick_cfg(tmp_path, *overrides)

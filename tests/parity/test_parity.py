@@ -5,6 +5,9 @@ import pytest
 
 from .harness import DataUnavailable, assert_parity, load_cases
 
+# each case trains a shrunk recipe twice (robustrain and the official loop): ~90 s for all of them on 2 cores
+pytestmark = pytest.mark.slow
+
 CASES = load_cases()
 
 
