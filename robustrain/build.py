@@ -5,7 +5,8 @@ Public API:
 * :func:`build_trainer`: the Trainer of a config writing into a run folder (loggers, monitor, checkpointer,
   tracker attached), and its :class:`Data`.
 * :func:`build_data`, :func:`build_model`, :func:`build_optimizer`, :func:`build_objective_from`,
-  :func:`build_weight_perturbation_from`, :func:`build_monitor`, :func:`build_tracker`: its parts.
+  :func:`build_weight_perturbation_from`, :func:`build_procedures_from`, :func:`build_remedy_from`,
+  :func:`build_monitor`, :func:`build_tracker`: its parts.
 * :func:`resolve_device`, :data:`AMP`: the device and autocast dtype of a config's names.
 * :func:`~robustrain.attacks.sections.build_attack_from` (re-exported): an attack from a config section.
 
@@ -35,6 +36,8 @@ from .training import Checkpointer, JSONLLogger, LRSchedule, ProgressBar, Traine
 from .training.monitor import OverfitMonitor
 from .training.monitor_rules import build_rule
 from .training.objectives import build_objective
+from .training.procedures import build_procedure
+from .training.remedies import Remedy, build_remedy
 from .training.overfitting import COThresholds, co_rules
 
 AMP = {None: None, "bf16": torch.bfloat16}
@@ -104,8 +107,20 @@ def build_monitor(cfg: Config, data: Data, threat: ThreatModel) -> OverfitMonito
                  build_rule({"name": "robust_overfitting", "window": window, "patience": m.ro_patience,
                              "margin": m.ro_margin, "after_decay": m.ro_after_decay, "false_alarm": m.false_alarm})]
     return OverfitMonitor(x, y, threat, every=m.every, pgd_steps=m.pgd_steps, train_batch=m.train_batch, rules=rules,
-                          n_val=len(data.val.dataset), action=m.action, remedy=m.remedy, max_rollbacks=m.max_rollbacks,
-                          seed=cfg.seed, build_term=build_regulariser)
+                          n_val=len(data.val.dataset), action=m.action, remedy=build_remedy_from(cfg, threat),
+                          max_rollbacks=m.max_rollbacks, seed=cfg.seed)
+
+
+def build_remedy_from(cfg: Config, threat: ThreatModel) -> Remedy | None:
+    """The remedy of ``cfg.monitor.remedy`` (applied by ``trainer.apply`` when the monitor rolls back), or None."""
+    if not cfg.monitor.remedy:
+        return None
+    return build_remedy(cfg.monitor.remedy, threat=threat, build_term=build_regulariser)
+
+
+def build_procedures_from(cfg: Config) -> list[Any]:
+    """The training procedures of ``cfg.procedures``, in order."""
+    return [build_procedure(spec) for spec in cfg.procedures]
 
 
 def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -167,6 +182,7 @@ def build_trainer(cfg: Config, run_dir: Path, data: Data | None = None) -> tuple
                       val_loader=data.val, val_attack=val_attack, extra_val_attacks=extra_val,
                       objective=build_objective_from(cfg), loss_terms=terms, callbacks=callbacks,
                       weight_perturbation=build_weight_perturbation_from(cfg, threat),
+                      procedures=build_procedures_from(cfg),
                       grad_clip=cfg.train.grad_clip, amp_dtype=amp,
                       eps_warmup_steps=round(cfg.train.eps_warmup_epochs * steps_per_epoch), seed=cfg.seed,
                       config=to_dict(cfg), compile=cfg.train.compile)
@@ -183,5 +199,6 @@ def build_tracker(cfg: Config, run_dir: Path) -> WandbLogger:
 
 __all__ = [
     "AMP", "Data", "build_attack_from", "build_data", "build_model", "build_monitor", "build_objective_from",
-    "build_optimizer", "build_tracker", "build_trainer", "build_weight_perturbation_from", "resolve_device",
+    "build_optimizer", "build_procedures_from", "build_remedy_from", "build_tracker", "build_trainer",
+    "build_weight_perturbation_from", "resolve_device",
 ]

@@ -192,6 +192,7 @@ class Config:
     objective: dict = _attack_field(name="ce")  # ce | trades | mart and its options (e.g. beta)
     regularisers: list = field(default_factory=list)
     weight_perturbation: dict | None = None  # null, or {name: awp | rwp | lap, ...options}
+    procedures: list = field(default_factory=list)  # training procedures, [{name: ..., ...options}] (training/procedures/)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -363,6 +364,17 @@ def _check_objective_and_perturbation(cfg: Config) -> None:
     if cfg.weight_perturbation is not None:
         check_section("weight perturbation", WEIGHT_PERTURBATIONS, cfg.weight_perturbation, "weight_perturbation",
                       cfg.threat.norm)
+    _check_procedures(cfg)
+
+
+def _check_procedures(cfg: Config) -> None:
+    from .training.procedures import PROCEDURES
+
+    if not isinstance(cfg.procedures, list):
+        raise ConfigError(f"procedures must be a list of {{name: ..., option: value}} mappings; got {cfg.procedures!r}.")
+    cfg.procedures = [{"name": p} if isinstance(p, str) else p for p in cfg.procedures]  # a bare name: no options
+    for i, section in enumerate(cfg.procedures):
+        check_section("training procedure", PROCEDURES, section, f"procedures[{i}]", cfg.threat.norm)
 
 
 def validate(cfg: Config) -> Config:
@@ -410,8 +422,18 @@ def validate(cfg: Config) -> Config:
 
             check_section("regulariser", REGULARISERS, {k: v for k, v in m.remedy.items() if k != "kind"},
                           "monitor.remedy", cfg.threat.norm)
-        elif kind != "lr":
-            raise ConfigError(f"monitor.remedy.kind = {kind!r}; expected lr, attack or regulariser.")
+        elif kind == "lr":
+            from .training.remedies import REMEDIES
+
+            section = {"name": "lr", **{k: v for k, v in m.remedy.items() if k != "kind"}}
+            check_section("remedy", REMEDIES, section, "monitor.remedy", cfg.threat.norm)  # parses numbers in place
+            m.remedy = {"kind": "lr", **{k: v for k, v in section.items() if k != "name"}}
+        else:
+            from .training.remedies import REMEDIES
+
+            hint = closest(str(kind), REMEDIES)
+            raise ConfigError(f"monitor.remedy.kind = {kind!r}; expected one of: {', '.join(REMEDIES)}."
+                              + (f" Did you mean {hint!r}?" if hint else ""))
     if m.action == "rollback" and not m.remedy:
         raise ConfigError("monitor.action: rollback needs monitor.remedy, e.g. {kind: lr, factor: 0.5} or {kind: attack, name: nfgsm}.")
     if cfg.train.epochs < 1:

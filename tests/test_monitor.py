@@ -552,7 +552,7 @@ def test_attack_remedy_keeps_the_training_attacks_batchnorm_options(tmp_path):
     trainer, monitor = tiny_trainer(tmp_path, "monitor.action=rollback", "monitor.remedy={kind: attack, name: nfgsm}",
                                     "attack.bn_mode=train", "attack.update_bn_stats=true",
                                     "attack.first_batch_bn_mode=eval")
-    monitor._apply_remedy(trainer, {"kind": "attack", "name": "nfgsm"})
+    trainer.apply(monitor.remedy)
     assert trainer.attack.name == "nfgsm"
     assert trainer.attack.bn_mode == "train" and trainer.attack.update_bn_stats is True
     assert trainer.attack.first_batch_bn_mode == "eval"

@@ -163,7 +163,7 @@ class ConvergeSmooth(LossTerm):
         self._sum += float(out["benign_loss"]) * b
         self._count += b
 
-    def on_epoch_end(self, epoch: int) -> None:
+    def on_epoch_end(self, epoch: int, model: torch.nn.Module | None = None) -> None:
         if self._count:
             self.means.append(self._sum / self._count)
         self._sum, self._count = 0.0, 0

@@ -70,9 +70,10 @@ class WeightCentralisation(LossTerm):
     def after_step(self, ctx: StepContext, out: dict[str, Any]) -> None:
         self._model = ctx.model
 
-    def on_epoch_end(self, epoch: int) -> None:
-        if self._model is not None:
-            self.snapshot(self.parameters(self._model))
+    def on_epoch_end(self, epoch: int, model: torch.nn.Module | None = None) -> None:
+        model = model if model is not None else self._model  # the Trainer passes the model; else the one trained
+        if model is not None:
+            self.snapshot(self.parameters(model))
 
     def state_dict(self) -> dict[str, Any]:
         return {"mean": [m.clone() for m in self.mean], "count": self.count}

@@ -1,7 +1,7 @@
-"""The hooks methods plug into: the step context, loss terms (regularisers) and weight perturbation.
+"""The hooks methods plug into: the step context, loss terms (regularisers), weight perturbation and procedures.
 
 A method is a composition run by the one Trainer: an attack, an objective, a list of loss terms, an
-optional weight perturbation and callbacks. These are the interfaces of the middle three.
+optional weight perturbation, training procedures and callbacks. These are the interfaces of the middle four.
 """
 from __future__ import annotations
 
@@ -96,8 +96,10 @@ class LossTerm:
     def after_step(self, ctx: StepContext, out: dict[str, Any]) -> None:
         """Update internal state after the optimiser step."""
 
-    def on_epoch_end(self, epoch: int) -> None:
-        """Called once per finished epoch."""
+    def on_epoch_end(self, epoch: int, model: nn.Module | None = None) -> None:
+        """Called once per finished epoch (0-based ``epoch``), after validation, with the plain model (not a DDP or
+        compiled wrapper). A term written before ``model`` was passed (``on_epoch_end(self, epoch)``) still works:
+        the Trainer passes ``model`` only where the signature takes it."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -119,6 +121,69 @@ class WeightPerturbation:
     @contextlib.contextmanager
     def applied(self, ctx: StepContext, loss_fn: Callable[..., Tensor]) -> Iterator[None]:
         yield
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+
+class Procedure:
+    """A training procedure beyond a loss term (FOMO, DOM, CURE, HR, weight averaging): hooks into the Trainer's
+    loop with the model, the optimiser and the epoch. Every hook is optional (the defaults do nothing); the Trainer
+    calls the procedures in list order at each point. ``model`` is always the plain model (not a DDP or compiled
+    wrapper); a procedure that changes the weights changes them for every later part of the loop.
+
+    Per epoch and step, where the Trainer calls them::
+
+        on_epoch_start(model, optimizer, epoch)     at the first batch of an epoch (not again on a mid-epoch resume)
+        per batch:
+          select(model, x, y, epoch=, step=, generator=) -> keep | None     before the attack (data selection)
+          attack → StepContext → [weight perturbation enters] → objective (per-example losses ℓ_i)
+          weights(ctx, per_example) -> w | None     the main loss becomes mean_i(w_i · ℓ_i) (per-example weighting,
+                                                    DRO; selection *before the loss* is a weight 0)
+          + loss terms → backward → gradient clipping
+          before_step(model, optimizer, ctx)        gradients ready, before the optimiser step (gradient masking)
+          optimiser step(s) → [weight perturbation exits: the weights are the real ones again]
+          after_step(model, optimizer, ctx)         after the update (EMA of the weights, weight surgery)
+        on_epoch_end(model, optimizer, epoch)       after the epoch's last step, before validation (so validation
+                                                    and checkpoints see the weights training continues from)
+
+    ``select`` returns the indices (a LongTensor) or a boolean mask of the examples to keep; the Trainer cuts
+    ``x``, ``y`` (and the dataset indices) to them. It must keep at least one example. ``weights`` returns a (B,)
+    tensor; with several procedures the weights multiply; ones leave the loss unchanged. The weight perturbation's
+    ``loss_fn`` (AWP's ascent) stays unweighted. Random draws come from ``generator`` (the trainer's, per rank) or
+    from a generator the procedure keeps in its state. Stateful procedures implement ``state_dict`` /
+    ``load_state_dict``: the Trainer stores them in every checkpoint under ``procedures``, so a resume is exact.
+
+    A procedure is registered at its definition with :func:`robustrain.training.procedures.register_procedure`
+    and built from a config section ``procedures: [{name: ..., option: value}]``; its options are the keyword-only
+    arguments of its constructor.
+    """
+
+    name = "procedure"
+
+    def on_epoch_start(self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> None:
+        """Before the epoch's first batch."""
+
+    def select(self, model: nn.Module, x: Tensor, y: Tensor, *, epoch: int, step: int,
+               generator: torch.Generator) -> Tensor | None:
+        """The examples of the batch to keep (indices or a boolean mask), before the attack; None keeps all."""
+        return None
+
+    def weights(self, ctx: StepContext, per_example: Tensor) -> Tensor | None:
+        """Per-example weights (B,) of the main loss ``mean(w · per_example)``; None leaves it unweighted."""
+        return None
+
+    def before_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, ctx: StepContext) -> None:
+        """After backward (and clipping), before the optimiser step: the gradients are in ``p.grad``."""
+
+    def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, ctx: StepContext) -> None:
+        """After the optimiser step(s), weights restored from any weight perturbation."""
+
+    def on_epoch_end(self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> None:
+        """After the epoch's last step, before validation."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -37,12 +37,14 @@ from .callbacks import Callback
 from .monitor_rules import History, Rule, build_rule
 from .monitor_rules._stats import first_decay
 from .overfitting import Check, COThresholds, co_rules
+from .remedies import REMEDIES as _REMEDY_CLASSES
+from .remedies import Remedy, build_remedy
 
 if TYPE_CHECKING:  # pragma: no cover
     from .trainer import Trainer
 
 ACTIONS = ("warn", "stop", "rollback")
-REMEDIES = ("lr", "attack", "regulariser")
+REMEDIES = tuple(_REMEDY_CLASSES)  # the registered remedy kinds (lr, attack, regulariser)
 
 
 def declared_signals(terms: Any) -> dict[str, str]:
@@ -81,13 +83,15 @@ class OverfitMonitor(Callback):
         false_alarm: the default rules' stated false-alarm probability per run.
         n_val: images in the validation set (the robust-overfitting rule's sampling error); None: floors only.
         action: warn, stop or rollback.
-        remedy: for rollback: ``{"kind": "lr", "factor": 0.5}``, ``{"kind": "attack", "name": "nfgsm", ...}``
-            or ``{"kind": "regulariser", "name": "elle", ...}``.
+        remedy: for rollback: a :class:`~.remedies.Remedy` (the builder builds it from ``monitor.remedy``) or its
+            section, ``{"kind": "lr", "factor": 0.5}``, ``{"kind": "attack", "name": "nfgsm", ...}`` or
+            ``{"kind": "regulariser", "name": "elle", ...}``. The monitor decides when; ``trainer.apply(remedy)``
+            changes the composition.
         max_rollbacks: after this many rollbacks the monitor stops the run at the next collapse.
         seed: seeds the check's random starts (the same starts at every check).
-        build_term: how the ``regulariser`` remedy builds its loss term, ``build_term(name, threat, **options)``
-            (the builder passes :func:`robustrain.regularisers.build_regulariser`; training does not import the
-            regularisers, which sit above it).
+        build_term: how a ``regulariser`` remedy given as a section builds its loss term,
+            ``build_term(name, threat, **options)`` (:func:`robustrain.regularisers.build_regulariser`; training does
+            not import the regularisers, which sit above it).
     """
 
     state_key = "OverfitMonitor"
@@ -100,15 +104,14 @@ class OverfitMonitor(Callback):
                  build_term: Callable[..., Any] | None = None):
         if action not in ACTIONS:
             raise ConfigError(f"monitor.action = {action!r}; expected one of {ACTIONS}.")
-        remedy = dict(remedy or {})
-        if action == "rollback" and remedy.get("kind") not in REMEDIES:
-            raise ConfigError(
-                f"monitor.action rollback needs monitor.remedy with kind in {REMEDIES}, e.g. {{kind: lr, factor: 0.5}}, "
-                f"{{kind: attack, name: nfgsm}} or {{kind: regulariser, name: elle_a}}; got {remedy!r}."
-            )
-        if action == "rollback" and remedy.get("kind") == "regulariser" and build_term is None:
-            raise ConfigError("the regulariser remedy needs build_term (e.g. robustrain.regularisers.build_regulariser) "
-                              "to build its loss term; robustrain.build.build_monitor passes it.")
+        if not isinstance(remedy, Remedy):
+            section = dict(remedy or {})
+            if action == "rollback" and section.get("kind") not in REMEDIES:
+                raise ConfigError(
+                    f"monitor.action rollback needs monitor.remedy with kind in {REMEDIES}, e.g. {{kind: lr, factor: 0.5}}, "
+                    f"{{kind: attack, name: nfgsm}} or {{kind: regulariser, name: elle_a}}; got {section!r}."
+                )
+            remedy = build_remedy(section, threat=threat, build_term=build_term) if section else None
         if every is not None and every < 1:
             raise ConfigError(f"monitor.every must be >= 1 step, got {every}.")
         self.x, self.y = x_check, y_check
@@ -119,9 +122,9 @@ class OverfitMonitor(Callback):
         self.co_rules = [r for r in self.rules if r.kind == "catastrophic_overfitting"]
         self.ro_rules = [r for r in self.rules if r.kind == "robust_overfitting"]
         self.n_val = n_val
-        self.action, self.remedy, self.max_rollbacks = action, remedy, int(max_rollbacks)
+        self.action, self.max_rollbacks = action, int(max_rollbacks)
+        self.remedy: Remedy | None = remedy
         self.seed = int(seed)
-        self.build_term = build_term
         self.fgsm = build_attack("fgsm", threat, bn_mode="eval")
         self.pgd = build_attack("pgd", threat, steps=pgd_steps, restarts=1, bn_mode="eval")
         # state
@@ -194,8 +197,8 @@ class OverfitMonitor(Callback):
             return
 
     def on_checkpoint_loaded(self, trainer: "Trainer") -> None:
-        for remedy in self.applied:
-            self._apply_remedy(trainer, remedy)
+        for _ in self.applied:  # the remedies applied before the checkpoint, again (the run's config builds it)
+            trainer.apply(self.remedy)
 
     # -- the check -----------------------------------------------------------------------------------
     def _measure(self, trainer: "Trainer", x: Tensor, y: Tensor, factor: float = 1.0) -> dict[str, float]:
@@ -306,25 +309,11 @@ class OverfitMonitor(Callback):
                 term.load_state_dict(copy.deepcopy(snap["loss_terms"][term.name]))
         del self.checks[snap["n_checks"]:]
         self.rollbacks += 1
-        self.applied.append(dict(self.remedy))
-        self._apply_remedy(trainer, self.remedy)
+        spec = self.remedy.spec()
+        self.applied.append(spec)
+        trainer.apply(self.remedy)
         self._declare(trainer, "rollback", {"to_step": snap["step"], "rollbacks": self.rollbacks},
-                      f"rolled back to the weights of step {snap['step']} and applied the remedy {self.remedy}")
-
-    def _apply_remedy(self, trainer: "Trainer", remedy: dict) -> None:
-        opts = {k: v for k, v in remedy.items() if k not in ("kind", "name")}
-        kind = remedy["kind"]
-        if kind == "lr":
-            trainer.lr_scale *= float(opts.get("factor", 0.5))
-        elif kind == "attack":
-            old = trainer.attack
-            inherit = {"bn_mode": old.bn_mode, "amp_dtype": old.amp_dtype,
-                       "update_bn_stats": getattr(old, "update_bn_stats", False),
-                       "first_batch_bn_mode": getattr(old, "first_batch_bn_mode", None)}
-            trainer.attack = build_attack(remedy["name"], old.threat, **{**inherit, **opts})
-        elif kind == "regulariser":
-            if not any(t.name == remedy["name"] for t in trainer.loss_terms):
-                trainer.loss_terms.append(self.build_term(remedy["name"], self.threat, **opts))
+                      f"rolled back to the weights of step {snap['step']} and applied the remedy {spec}")
 
     # -- state ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -1,13 +1,16 @@
 """The Trainer: the only training loop in robustrain.
 
-Per batch: attack → [weight perturbation applied] → objective + loss terms → backward → step →
-[weights restored] → callbacks. Every method (FGSM-RS, N-FGSM, PGD-AT, ... plus regularisers and weight
-perturbation) is a composition of the parts this loop calls; no method has a loop of its own.
+Per batch: [procedures select] → attack → [weight perturbation applied] → objective [weighted per example by the
+procedures] + loss terms → backward → [procedures before the step] → step → [weights restored] → [procedures after
+the step] → callbacks. Every method (FGSM-RS, N-FGSM, PGD-AT, ... plus regularisers, weight perturbation and
+training procedures) is a composition of the parts this loop calls; no method has a loop of its own. Remedies
+(:mod:`.remedies`) change the composition of a running training through :meth:`Trainer.apply`.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,9 +24,10 @@ from ..errors import CheckpointError, NonFiniteLossError
 from ..evaluation import evaluate
 from .callbacks import Callback
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
-from .hooks import LossTerm, StepContext, WeightPerturbation
+from .hooks import LossTerm, Procedure, StepContext, WeightPerturbation
 from .objectives import CrossEntropy
 from .parallel import rank_seed, sync_step, sync_term_states, training_module
+from .remedies import Remedy
 from .schedules import LRSchedule, optimizer_momentum, set_momentum
 
 CHECKPOINT_VERSION = 1
@@ -45,6 +49,8 @@ class Trainer:
         objective: the main loss (cross-entropy with optional label smoothing by default).
         loss_terms: regularisers added to the loss.
         weight_perturbation: optional context the optimiser step runs in (AWP, RWP, LAP).
+        procedures: training procedures hooked into the loop (:class:`~.hooks.Procedure`: batch selection,
+            per-example loss weights, before / after the optimiser step, epoch start / end), in list order.
         callbacks: loggers, checkpointer, monitor.
         grad_clip: max global gradient norm, or None.
         amp_dtype: autocast dtype for the training forward/backward (e.g. torch.bfloat16), or None.
@@ -79,6 +85,7 @@ class Trainer:
         objective: Any = None,
         loss_terms: Sequence[LossTerm] = (),
         weight_perturbation: WeightPerturbation | None = None,
+        procedures: Sequence[Procedure] = (),
         callbacks: Sequence[Callback] = (),
         grad_clip: float | None = None,
         amp_dtype: torch.dtype | None = None,
@@ -100,6 +107,7 @@ class Trainer:
         self.objective = objective or CrossEntropy()
         self.loss_terms = list(loss_terms)
         self.weight_perturbation = weight_perturbation
+        self.procedures = list(procedures)
         self.callbacks = list(callbacks)
         self.epochs = int(epochs)
         self.grad_clip = grad_clip
@@ -118,6 +126,7 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.should_stop = False
         self.lr_scale = 1.0  # a remedy (e.g. the overfitting monitor's) may lower the scheduled lr
+        self.remedies: list[dict[str, Any]] = []  # the specs of the remedies applied (in this process), in order
 
     # -- properties ----------------------------------------------------------------------------------
     @property
@@ -159,6 +168,9 @@ class Trainer:
 
     def _train_epoch(self) -> None:
         self._call("on_epoch_start", self.epoch)
+        if self.batch_in_epoch == 0:  # not again when resuming mid-epoch: the checkpoint holds its effect
+            for proc in self.procedures:
+                proc.on_epoch_start(self.model, self.optimizer, self.epoch)
         self.model.train()
         wants_indices = getattr(self.attack, "needs_indices", False)  # attacks with per-example state (fgsm_mep)
         batches = self.train_loader.iterate(self.epoch, start_batch=self.batch_in_epoch,
@@ -174,11 +186,16 @@ class Trainer:
                 return
 
     def _end_epoch(self) -> dict[str, float]:
+        for proc in self.procedures:  # before validation: it sees the weights training continues from
+            proc.on_epoch_end(self.model, self.optimizer, self.epoch)
         metrics = {"epoch": self.epoch + 1, "lr": self.schedule(self.step)}
         metrics.update(self.validate())
         self._call("on_validation_end", metrics)
         for term in self.loss_terms:
-            term.on_epoch_end(self.epoch)
+            if _takes_model(term.on_epoch_end):
+                term.on_epoch_end(self.epoch, model=self.model)
+            else:  # a term written against the older hook, on_epoch_end(self, epoch)
+                term.on_epoch_end(self.epoch)
         if self.dist.enabled:
             sync_term_states(self.loss_terms, self.device)  # rank 0's, so every rank continues alike
         self.epoch += 1
@@ -202,6 +219,7 @@ class Trainer:
         attack = self._attack_for_this_batch()
         if self.eps_factor() < 1.0:
             attack = attack.scaled(self.eps_factor())
+        x, y, indices = self._select(x, y, indices)
         per_example = {} if indices is None else {"indices": indices, "epoch": self.epoch,
                                                   "num_examples": len(self.train_loader.dataset)}
         result = attack(self.model, x, y, generator=self.generator, **per_example)
@@ -216,7 +234,7 @@ class Trainer:
         wp = self.weight_perturbation.applied(ctx, loss_fn) if self.weight_perturbation else contextlib.nullcontext()
         with wp:
             out = self.objective(ctx)
-            loss = out["loss"]
+            loss = self._weighted(ctx, out)
             logs: dict[str, float] = {"loss_main": loss.item()}
             term_outs = []
             for term in self.loss_terms:
@@ -239,16 +257,54 @@ class Trainer:
             synced.backward_loss.backward()
             if self.grad_clip:
                 logs["grad_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip))
+            for proc in self.procedures:
+                proc.before_step(self.model, self.optimizer, ctx)
             self.optimizer.step()
             self._extra_optimizer_steps()
         for term, t_out in zip(self.loss_terms, synced.term_outs):
             term.after_step(ctx, t_out)
+        for proc in self.procedures:
+            proc.after_step(self.model, self.optimizer, ctx)
         dt = time.perf_counter() - t0
         logs["eps"] = attack.threat.eps
         logs.update({"loss": synced.loss, "train_adv_acc": synced.adv_acc, "lr": lr,
                      "momentum": momentum,
                      "images_per_s": synced.examples / dt})
         return logs
+
+    def _select(self, x: Tensor, y: Tensor, indices: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The examples the procedures keep (``Procedure.select``, before the attack), in procedure order."""
+        for proc in self.procedures:
+            keep = proc.select(self.model, x, y, epoch=self.epoch, step=self.step, generator=self.generator)
+            if keep is None:
+                continue
+            if keep.dtype == torch.bool:
+                keep = keep.nonzero().flatten()
+            if keep.numel() == 0:
+                raise ValueError(f"training procedure {proc.name!r} kept no example of the batch at step "
+                                 f"{self.step + 1}; a procedure must keep at least one (or weight examples by 0).")
+            x, y = x[keep], y[keep]
+            indices = indices[keep.to(indices.device)] if indices is not None else None
+        return x, y, indices
+
+    def _weighted(self, ctx: StepContext, out: dict[str, Any]) -> Tensor:
+        """The main loss: the objective's mean, or ``mean(w · per_example)`` with the procedures' weights."""
+        weights = None
+        for proc in self.procedures:
+            w = proc.weights(ctx, out["per_example"])
+            if w is not None:
+                weights = w if weights is None else weights * w
+        if weights is None:
+            return out["loss"]
+        return (weights.to(out["per_example"].dtype) * out["per_example"]).mean()
+
+    def apply(self, remedy: Remedy) -> None:
+        """Apply a remedy (:mod:`.remedies`): the one place a running training's composition changes
+        (learning-rate scale, training attack, loss terms). The overfitting monitor decides and calls this."""
+        self.lr_scale = float(remedy.lr_scale(self.lr_scale))
+        self.attack = remedy.attack(self.attack)
+        self.loss_terms[:] = remedy.loss_terms(self.loss_terms)
+        self.remedies.append(remedy.spec())
 
     def _attack_for_this_batch(self) -> Attack:
         """The training attack, or on the first batch of an epoch after the first a copy in the attack's
@@ -322,6 +378,7 @@ class Trainer:
             "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
             "loss_terms": {t.name: t.state_dict() for t in self.loss_terms},
             "weight_perturbation": self.weight_perturbation.state_dict() if self.weight_perturbation else {},
+            **({"procedures": [p.state_dict() for p in self.procedures]} if self.procedures else {}),
             **({"attack": self.attack.state_dict()} if hasattr(self.attack, "state_dict") else {}),
             "config": self.config,
         }
@@ -367,8 +424,26 @@ class Trainer:
                 term.load_state_dict(ckpt["loss_terms"][term.name])
         if self.weight_perturbation is not None:
             self.weight_perturbation.load_state_dict(ckpt["weight_perturbation"])
+        if self.procedures:
+            states = ckpt.get("procedures", [])
+            if len(states) != len(self.procedures):
+                raise CheckpointError(
+                    f"checkpoint {str(path)!r} holds the state of {len(states)} training procedure(s), this run has "
+                    f"{len(self.procedures)} ({', '.join(p.name for p in self.procedures)}); resume with the config "
+                    "the run was started with (config.yaml in the run folder).")
+            for proc, state in zip(self.procedures, states):
+                proc.load_state_dict(state)
         if hasattr(self.attack, "load_state_dict"):  # an attack with state (fgsm_mep's per-example buffers)
             if "attack" not in ckpt:
                 raise CheckpointError(f"checkpoint {str(path)!r} holds no state for the {self.attack.name} attack, "
                                       "so the run cannot resume exactly; start it again.")
             self.attack.load_state_dict(ckpt["attack"])
+
+
+def _takes_model(hook: Any) -> bool:
+    """Whether a loss term's ``on_epoch_end`` accepts the ``model`` keyword (the newer signature)."""
+    try:
+        params = inspect.signature(hook).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return False
+    return "model" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
