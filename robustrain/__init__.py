@@ -10,7 +10,8 @@ The package is layered; a package or top module imports only its own layer and t
 4. ``data``, ``models``: in-memory datasets and resumable loaders; the architectures.
 5. ``attacks``: FGSM, FGSM-RS, N-FGSM, FGSM-MEP, PGD, TRADES; the attack guard; attacks from config sections.
 6. ``evaluation``: clean / robust accuracy, the AutoAttack cascade, sanity checks, the report.
-7. ``training``: the one Trainer loop, its hooks, callbacks, schedules, checkpoints and the overfitting monitor.
+7. ``training``: the one Trainer loop, its hooks (loss terms, weight perturbation, training procedures), callbacks,
+   schedules, checkpoints, the overfitting monitor and the remedies the Trainer applies.
 8. ``regularisers``, ``perturbation``: loss terms and weight perturbations plugged into training's hooks.
 9. ``tracking``, ``reporting``: Weights & Biases; plots and tables of run folders.
 10. ``config``: typed, validated recipes (checked against the registries of the layers below).

@@ -3,7 +3,10 @@
 Public API:
 
 * :class:`Trainer`: the only training loop; :class:`FGSMTrainer`, :class:`PGDTrainer`: its presets.
-* hooks a method plugs into: :class:`StepContext`, :class:`LossTerm` (regularisers), :class:`WeightPerturbation`.
+* hooks a method plugs into: :class:`StepContext`, :class:`LossTerm` (regularisers), :class:`WeightPerturbation`,
+  :class:`Procedure` (training procedures beyond a loss term; :data:`PROCEDURES`, :func:`register_procedure`,
+  :func:`build_procedure`, one file each in ``training/procedures/``).
+* remedies the Trainer applies (``trainer.apply``): :class:`Remedy`, :data:`REMEDIES`, :func:`build_remedy`.
 * objectives: :class:`CrossEntropy`, :class:`TRADES`, :class:`MART`, :data:`OBJECTIVES`, :func:`build_objective`.
 * :class:`LRSchedule`, :data:`SCHEDULES`: the learning-rate schedules.
 * callbacks: :class:`Callback`, :class:`Checkpointer`, :class:`JSONLLogger`, :class:`ProgressBar` (the overfitting
@@ -12,15 +15,18 @@ Public API:
 """
 from .callbacks import Callback, Checkpointer, JSONLLogger, ProgressBar
 from .checkpoint import load_checkpoint, save_atomic
-from .hooks import LossTerm, StepContext, WeightPerturbation
+from .hooks import LossTerm, Procedure, StepContext, WeightPerturbation
 from .objectives import MART, OBJECTIVES, TRADES, CrossEntropy, build_objective
 from .presets import FGSMTrainer, PGDTrainer
+from .procedures import PROCEDURES, build_procedure, register_procedure
+from .remedies import REMEDIES, Remedy, build_remedy
 from .schedules import SCHEDULES, LRSchedule
 from .trainer import Trainer
 
 __all__ = [
     "Callback", "Checkpointer", "CrossEntropy", "FGSMTrainer", "JSONLLogger", "LRSchedule", "LossTerm",
-    "MART", "OBJECTIVES", "PGDTrainer", "ProgressBar", "SCHEDULES", "StepContext", "TRADES", "Trainer",
-    "WeightPerturbation", "build_objective",
+    "MART", "OBJECTIVES", "PGDTrainer", "PROCEDURES", "Procedure", "ProgressBar", "REMEDIES", "Remedy", "SCHEDULES",
+    "StepContext", "TRADES", "Trainer", "WeightPerturbation", "build_objective", "build_procedure", "build_remedy",
+    "register_procedure",
     "load_checkpoint", "save_atomic",
 ]
