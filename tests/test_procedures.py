@@ -72,6 +72,23 @@ class ToyRecord(Procedure):
 
 
 @register_procedure
+class ToyFlip(Procedure):
+    """Replaces the inputs by their mirror images (an augmentation before the attack, as DOM_DA's)."""
+
+    name = "toy_flip"
+
+    def __init__(self):
+        self.seen: list[torch.Tensor] = []
+
+    def augment(self, model, x, y, *, epoch, step, generator):
+        return x.flip(-1)
+
+    def weights(self, ctx, per_example):
+        self.seen.append(ctx.x.clone())
+        return None
+
+
+@register_procedure
 class ToyFreezeLast(Procedure):
     """Zeroes the last layer's gradient before the optimiser step (a per-layer gradient mask, as CURE's)."""
 
@@ -163,6 +180,13 @@ def test_each_hook_runs_at_its_moment_with_the_trainers_objects(tmp_path):
         assert b[2] == a[2] and b[5]  # same step; gradients there before the step
         if b[2] > 0:  # (the cyclic schedule's lr is 0 at step 0)
             assert not torch.equal(b[6], a[5])  # the optimiser stepped in between
+
+
+def test_augment_replaces_the_inputs_before_the_attack(tmp_path):
+    trainer = tiny(tmp_path, "train.epochs=1", "procedures=[{name: toy_record, keep: 10}, toy_flip]")
+    x, y = next(iter(trainer.train_loader.iterate(0)))
+    trainer.train_step(x, y)
+    assert torch.equal(trainer.procedures[1].seen[0], x[:10].flip(-1))  # selected by the first, then mirrored
 
 
 def test_gradient_mask_before_the_step_freezes_the_last_layer(tmp_path):
@@ -298,3 +322,18 @@ def test_the_built_monitor_holds_a_remedy_object(tmp_path):
     assert isinstance(monitor.remedy, RegulariserRemedy)
     trainer.apply(monitor.remedy)
     assert [t.name for t in trainer.loss_terms] == ["elle_a"]
+
+
+def test_a_rollback_restores_the_procedures_state_and_applies_the_remedy(tmp_path):
+    trainer = tiny(tmp_path, "train.epochs=1", "monitor.enabled=true", "monitor.action=rollback",
+                   "monitor.remedy={kind: lr, factor: 0.5}", "procedures=[toy_ema_forget]")
+    monitor = next(cb for cb in trainer.callbacks if type(cb).__name__ == "OverfitMonitor")
+    proc = trainer.procedures[0]
+    proc.epochs_seen = 1
+    monitor._take_snapshot(trainer)
+    proc.epochs_seen = 7
+    gen_state = proc.gen.get_state()
+    torch.randn(3, generator=proc.gen)
+    monitor._rollback(trainer)
+    assert proc.epochs_seen == 1 and torch.equal(proc.gen.get_state(), gen_state)
+    assert trainer.lr_scale == 0.5 and trainer.remedies == [{"kind": "lr", "factor": 0.5}]

@@ -140,6 +140,7 @@ class Procedure:
         on_epoch_start(model, optimizer, epoch)     at the first batch of an epoch (not again on a mid-epoch resume)
         per batch:
           select(model, x, y, epoch=, step=, generator=) -> keep | None     before the attack (data selection)
+          augment(model, x, y, epoch=, step=, generator=) -> x' | None      before the attack (replace inputs)
           attack → StepContext → [weight perturbation enters] → objective (per-example losses ℓ_i)
           weights(ctx, per_example) -> w | None     the main loss becomes mean_i(w_i · ℓ_i) (per-example weighting,
                                                     DRO; selection *before the loss* is a weight 0)
@@ -151,7 +152,9 @@ class Procedure:
                                                     and checkpoints see the weights training continues from)
 
     ``select`` returns the indices (a LongTensor) or a boolean mask of the examples to keep; the Trainer cuts
-    ``x``, ``y`` (and the dataset indices) to them. It must keep at least one example. ``weights`` returns a (B,)
+    ``x``, ``y`` (and the dataset indices) to them; the model is in train mode there, so a forward that must not
+    update BatchNorm statistics runs under :func:`robustrain.guards.eval_mode`. It must keep at least one example. ``augment`` returns new inputs
+    of the same shape (e.g. DOM's augmentation of the low-loss examples; labels stay). ``weights`` returns a (B,)
     tensor; with several procedures the weights multiply; ones leave the loss unchanged. The weight perturbation's
     ``loss_fn`` (AWP's ascent) stays unweighted. Random draws come from ``generator`` (the trainer's, per rank) or
     from a generator the procedure keeps in its state. Stateful procedures implement ``state_dict`` /
@@ -170,6 +173,12 @@ class Procedure:
     def select(self, model: nn.Module, x: Tensor, y: Tensor, *, epoch: int, step: int,
                generator: torch.Generator) -> Tensor | None:
         """The examples of the batch to keep (indices or a boolean mask), before the attack; None keeps all."""
+        return None
+
+    def augment(self, model: nn.Module, x: Tensor, y: Tensor, *, epoch: int, step: int,
+                generator: torch.Generator) -> Tensor | None:
+        """New inputs for the batch (same shape, in [0,1]), after :meth:`select` and before the attack; None keeps
+        them."""
         return None
 
     def weights(self, ctx: StepContext, per_example: Tensor) -> Tensor | None:

@@ -8,8 +8,8 @@ steps since the previous check. The decisions are the registered rules of :mod:`
 the history, with thresholds stated against the sampling error of the check batch and the validation set; the
 robust-overfitting rule watches only the epochs after the schedule's first learning-rate decay unless told
 otherwise. Actions: ``warn`` (log the event), ``stop`` (end training; the validation-best checkpoint is kept by the
-checkpointer), ``rollback`` (restore the weights and optimiser state of the last *healthy* check, apply a remedy,
-continue; after ``max_rollbacks`` it stops). A check is healthy when no rule fires and every catastrophic-overfitting
+checkpointer), ``rollback`` (restore the weights, optimiser, loss-term and procedure states of the last *healthy*
+check, apply a remedy through ``trainer.apply``, continue; after ``max_rollbacks`` it stops). A check is healthy when no rule fires and every catastrophic-overfitting
 rule's own healthy criterion holds (PGD accuracy at most half the drop threshold below its best; FGSM−PGD gap at
 most half-way from the healthy gap to the threshold): a check that passed while the collapse had already begun is
 not a rollback target.
@@ -289,6 +289,7 @@ class OverfitMonitor(Callback):
             "model": {k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
             "optimizer": copy.deepcopy(trainer.optimizer.state_dict()),
             "loss_terms": {t.name: copy.deepcopy(t.state_dict()) for t in trainer.loss_terms},
+            "procedures": [copy.deepcopy(p.state_dict()) for p in trainer.procedures],
             "n_checks": len(self.checks),
             "step": trainer.step,
         }
@@ -307,6 +308,10 @@ class OverfitMonitor(Callback):
         for term in trainer.loss_terms:
             if term.name in snap["loss_terms"]:
                 term.load_state_dict(copy.deepcopy(snap["loss_terms"][term.name]))
+        procedures = snap.get("procedures", [])  # absent in snapshots written before procedures existed
+        if len(procedures) == len(trainer.procedures):
+            for proc, state in zip(trainer.procedures, procedures):
+                proc.load_state_dict(copy.deepcopy(state))
         del self.checks[snap["n_checks"]:]
         self.rollbacks += 1
         spec = self.remedy.spec()

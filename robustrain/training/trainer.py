@@ -273,19 +273,30 @@ class Trainer:
         return logs
 
     def _select(self, x: Tensor, y: Tensor, indices: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
-        """The examples the procedures keep (``Procedure.select``, before the attack), in procedure order."""
+        """The batch the procedures make of it before the attack: each procedure in order selects
+        (``Procedure.select``) and then replaces inputs (``Procedure.augment``)."""
         for proc in self.procedures:
-            keep = proc.select(self.model, x, y, epoch=self.epoch, step=self.step, generator=self.generator)
-            if keep is None:
-                continue
-            if keep.dtype == torch.bool:
-                keep = keep.nonzero().flatten()
-            if keep.numel() == 0:
-                raise ValueError(f"training procedure {proc.name!r} kept no example of the batch at step "
-                                 f"{self.step + 1}; a procedure must keep at least one (or weight examples by 0).")
-            x, y = x[keep], y[keep]
-            indices = indices[keep.to(indices.device)] if indices is not None else None
+            x, y, indices = self._keep(proc, x, y, indices)
+            new_x = proc.augment(self.model, x, y, epoch=self.epoch, step=self.step, generator=self.generator)
+            if new_x is not None:
+                if new_x.shape != x.shape:
+                    raise ValueError(f"training procedure {proc.name!r}: augment returned inputs of shape "
+                                     f"{tuple(new_x.shape)} for a batch of shape {tuple(x.shape)}.")
+                x = new_x.detach()
         return x, y, indices
+
+    def _keep(self, proc: Procedure, x: Tensor, y: Tensor,
+              indices: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The examples ``proc`` keeps (``Procedure.select``)."""
+        keep = proc.select(self.model, x, y, epoch=self.epoch, step=self.step, generator=self.generator)
+        if keep is None:
+            return x, y, indices
+        if keep.dtype == torch.bool:
+            keep = keep.nonzero().flatten()
+        if keep.numel() == 0:
+            raise ValueError(f"training procedure {proc.name!r} kept no example of the batch at step "
+                             f"{self.step + 1}; a procedure must keep at least one (or weight examples by 0).")
+        return x[keep], y[keep], indices[keep.to(indices.device)] if indices is not None else None
 
     def _weighted(self, ctx: StepContext, out: dict[str, Any]) -> Tensor:
         """The main loss: the objective's mean, or ``mean(w · per_example)`` with the procedures' weights."""
