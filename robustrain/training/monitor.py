@@ -9,8 +9,8 @@ the history, with thresholds stated against the sampling error of the check batc
 robust-overfitting rule watches only the epochs after the schedule's first learning-rate decay unless told
 otherwise. Actions: ``warn`` (log the event), ``stop`` (end training; the validation-best checkpoint is kept by the
 checkpointer), ``rollback`` (restore the weights, optimiser, loss-term and procedure states of the last *healthy*
-check, apply a remedy through ``trainer.apply``, continue; after ``max_rollbacks`` it stops). A check is healthy when no rule fires and every catastrophic-overfitting
-rule's own healthy criterion holds (PGD accuracy at most half the drop threshold below its best; FGSM−PGD gap at
+check, apply a remedy through ``trainer.apply``, continue; after ``max_rollbacks`` it stops). A check is healthy
+when no rule fires and every catastrophic-overfitting rule's own healthy criterion holds (PGD accuracy at most half the drop threshold below its best; FGSM−PGD gap at
 most half-way from the healthy gap to the threshold): a check that passed while the collapse had already begun is
 not a rollback target.
 
