@@ -3,6 +3,7 @@
 Public API:
 
 * :func:`run_training`: train (or resume) the run in a run folder, then evaluate best and last on the test split.
+* :func:`check_resume_config`: refuse a ``--resume`` whose config would change the run's training.
 * :func:`prepare_run_dir`: create the run folder (``config.yaml``, ``environment.json``); refuse to overwrite.
 * :func:`final_evaluation`: the test accuracy of ``best.pt`` and ``last.pt``, into ``summary.json`` / ``.md``.
 * :func:`evaluate_model`: ``evaluate`` on the first ``n_ex`` examples of a loader (sharded when distributed).
@@ -19,7 +20,7 @@ import torch
 from .attacks import Attack
 from .attacks.sections import build_attack_from
 from .build import AMP, Data, build_trainer
-from .config import Config, dump_yaml
+from .config import Config, dump_yaml, to_dict
 from .data import BatchLoader
 from .distributed import barrier, current
 from .errors import ConfigError
@@ -32,7 +33,80 @@ from .training import Trainer
 from .training.checkpoint import load_checkpoint, remove_stale_temporaries
 
 
-def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
+#: Config keys a resume may change: they do not change the trained model (a key ending in ``.*`` covers its section).
+RESUME_MAY_CHANGE = ("name", "out_dir", "train.progress", "train.log_every", "train.checkpoint_every", "data.root",
+                     "data.download", "wandb.*", "eval.*")
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and (data or not prefix):
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(_flatten(v, f"{prefix}{k}." if prefix or k else str(k)) if isinstance(v, dict) and v
+                       else {f"{prefix}{k}": v})
+        return out
+    return {prefix.rstrip("."): data}
+
+
+def _may_change(key: str) -> bool:
+    return any(key == a or (a.endswith(".*") and key.startswith(a[:-1])) for a in RESUME_MAY_CHANGE)
+
+
+_ABSENT = object()
+
+
+def config_changes(old: dict, new: Config) -> dict[str, tuple[Any, Any]]:
+    """``{key: (old, new)}`` for every dotted config key whose value differs between the stored config ``old`` and
+    ``new`` (a key the stored config lacks counts only when ``new`` sets it to something other than the default)."""
+    a, b = _flatten(old), _flatten(to_dict(new))
+    default = _flatten(to_dict(Config()))
+    changes = {}
+    for key in list(a) + [k for k in b if k not in a]:
+        va, vb = a.get(key, _ABSENT), b.get(key, _ABSENT)
+        if va is _ABSENT and default.get(key, _ABSENT) == vb:
+            continue  # a key added to robustrain after the run was started, at its default
+        if va != vb:
+            changes[key] = (va, vb)
+    return changes
+
+
+def _show(value: Any) -> str:
+    return "(absent)" if value is _ABSENT else repr(value)
+
+
+def check_resume_config(cfg: Config, run_dir: Path) -> dict[str, tuple[Any, Any]]:
+    """Before anything is written: compare ``cfg`` with the config stored in ``run_dir/last.pt``.
+
+    A resume may change only the keys of :data:`RESUME_MAY_CHANGE`, which do not change the trained model:
+    ``name``, ``out_dir``, ``train.progress``, ``train.log_every``, ``train.checkpoint_every``, ``data.root``,
+    ``data.download``, every ``wandb.*`` and every ``eval.*`` key (the final test evaluation), and ``train.epochs``
+    when it grows (the run is extended; the schedule is then the one of the new length). Any other difference is a
+    :class:`~robustrain.errors.ConfigError` listing each key with its old and new value. Returns the allowed
+    changes (recorded by :func:`prepare_run_dir` in the resume's environment file)."""
+    ckpt_path = run_dir / "last.pt"
+    if not ckpt_path.exists():
+        raise ConfigError(f"--resume: {str(ckpt_path)!r} does not exist; nothing to resume in {str(run_dir)!r}.")
+    stored = load_checkpoint(ckpt_path, map_location="cpu").get("config") or {}
+    if not stored:
+        return {}  # a checkpoint written without its config: nothing to compare with
+    changes = config_changes(stored, cfg)
+    refused = {k: v for k, v in changes.items() if not _may_change(k)}
+    epochs = refused.get("train.epochs")
+    if epochs is not None and isinstance(epochs[0], int) and isinstance(epochs[1], int) and epochs[1] > epochs[0]:
+        del refused["train.epochs"]
+    if refused:
+        lines = "\n".join(f"  {k}: {_show(o)} -> {_show(n)}" for k, (o, n) in refused.items())
+        raise ConfigError(
+            f"--resume: the config differs from the one the run in {str(run_dir)!r} was trained with, in keys that "
+            f"change training (old -> new):\n{lines}\nNothing was written. To train this config, start a new run "
+            f"folder (--run-dir NEW_DIR or --set name=NEW_NAME); to continue this run, resume it with its own config: "
+            f"robustrain train -c {str(run_dir / 'config.yaml')} --run-dir {str(run_dir)} --resume. A resume may "
+            f"change only {', '.join(RESUME_MAY_CHANGE)} and raise train.epochs.")
+    return changes
+
+
+def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool,
+                    config_changes: dict[str, tuple[Any, Any]] | None = None) -> None:
     """Create the run folder; refuse to write over an earlier run unless resuming it."""
     if run_dir.exists() and any(run_dir.glob("*.pt")) and not resume:
         raise ConfigError(
@@ -43,7 +117,11 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump_yaml(cfg))
         env_path = run_dir / ("environment.json" if not resume else f"environment.resume-{int(time.time())}.json")
-        env_path.write_text(json.dumps({**environment(), "world_size": current().world_size}, indent=2))
+        record = {**environment(), "world_size": current().world_size}
+        if resume:  # the allowed config changes of this resume, old and new
+            record["config_changes"] = {k: [None if o is _ABSENT else o, None if n is _ABSENT else n]
+                                        for k, (o, n) in (config_changes or {}).items()}
+        env_path.write_text(json.dumps(record, indent=2, default=str))
         if resume:
             for tmp in remove_stale_temporaries(run_dir):
                 print(f"[robustrain] removed {tmp.name}, a checkpoint half-written when the run was killed "
@@ -102,11 +180,10 @@ def final_evaluation(cfg: Config, run_dir: Path, trainer: Trainer, data: Data, t
 
 def run_training(cfg: Config, run_dir: Path, *, resume: bool = False) -> dict[str, Any]:
     """Train (or resume) the run in ``run_dir``, then evaluate best and last on the test split."""
-    prepare_run_dir(cfg, run_dir, resume)
+    changes = check_resume_config(cfg, run_dir) if resume else None  # before anything is written
+    prepare_run_dir(cfg, run_dir, resume, changes)
     trainer, data = build_trainer(cfg, run_dir)
     ckpt = run_dir / "last.pt" if resume else None
-    if resume and not ckpt.exists():
-        raise ConfigError(f"--resume: {str(ckpt)!r} does not exist; nothing to resume in {str(run_dir)!r}.")
     tracker = next((cb for cb in trainer.callbacks if isinstance(cb, WandbLogger)), None)
     if tracker is not None:
         tracker.finish_at_fit_end = False  # finished below, with the test results
@@ -125,4 +202,4 @@ def run_training(cfg: Config, run_dir: Path, *, resume: bool = False) -> dict[st
     return summary
 
 
-__all__ = ["evaluate_model", "final_evaluation", "prepare_run_dir", "run_training"]
+__all__ = ["RESUME_MAY_CHANGE", "check_resume_config", "config_changes", "evaluate_model", "final_evaluation", "prepare_run_dir", "run_training"]

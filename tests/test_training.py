@@ -233,6 +233,29 @@ def test_existing_run_folder_is_not_overwritten(tmp_path):
     assert (run / "last.pt").read_bytes() == b"precious"
 
 
+def test_resume_with_a_config_that_changes_training_is_refused_and_writes_nothing(tmp_path, capsys):
+    """Resuming a finished run with another radius fails before anything is written, with the diff and the way
+    out; a change that does not touch the trained model (train.progress) resumes."""
+    from robustrain.cli.main import main
+
+    run = tmp_path / "run"
+    tiny = ["-c", str(QUICK), "--run-dir", str(run)] + sum((["--set", o] for o in [
+        *FAST, "train.epochs=1", "data.train_subset=64", "data.val_size=50", "eval.n_ex=50"]), [])
+    assert main(["train", *tiny]) == 0
+    kept = {name: (run / name).read_bytes() for name in ("config.yaml", "summary.json")}
+    files = sorted(p.name for p in run.iterdir())
+    capsys.readouterr()
+    assert main(["train", *tiny, "--resume", "--set", "threat.eps=0.3", "--set", "attack.name=pgd"]) == 2
+    err = capsys.readouterr().err
+    assert "threat.eps: 0.1 -> 0.3" in err and "attack.name: 'fgsm_rs' -> 'pgd'" in err
+    assert "start a new run folder" in err and f"-c {run / 'config.yaml'}" in err and "Nothing was written" in err
+    assert {name: (run / name).read_bytes() for name in kept} == kept
+    assert sorted(p.name for p in run.iterdir()) == files
+    assert main(["train", *tiny, "--resume", "--set", "train.progress=true"]) == 0
+    (env,) = run.glob("environment.resume-*.json")
+    assert json.loads(env.read_text())["config_changes"] == {"train.progress": [False, True]}
+
+
 def test_bf16_autocast_keeps_the_perturbation_fp32(tmp_path):
     cfg = quick_cfg(tmp_path, "train.epochs=1", "train.amp=bf16")
     trainer, data = build_trainer(cfg, tmp_path / "run")
