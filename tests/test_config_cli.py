@@ -134,3 +134,23 @@ def test_tables_with_no_rows_still_have_a_header():
     assert len(text.splitlines()) == 2
     rows = format_table([{"checkpoint": "best", "clean_acc": 97.5}], ["checkpoint", "clean_acc"]).splitlines()
     assert rows[2] == "| best       | 97.5      |"
+
+
+@pytest.mark.slow
+def test_cli_eval_with_out_writes_nothing_into_the_run_folder(tmp_path, capsys):
+    """`eval RUN --out DIR` puts report.json, report.md and the one-row eval.json in DIR and leaves the run folder
+    as it was; without --out the run's eval.json is written as before."""
+    run = tmp_path / "run"
+    assert main(["train", "-c", str(QUICK), "--run-dir", str(run), *sum((["--set", o] for o in [
+        "train.epochs=1", "train.progress=false", "data.train_subset=64", "data.val_size=50", "eval.n_ex=50",
+        "validation.attack={name: pgd, steps: 2, restarts: 1}", "eval.attack={name: pgd, steps: 2, restarts: 1}"]),
+        [])]) == 0
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    fast = ["--attack", "pgd", "--steps", "2", "--restarts", "1", "--n-ex", "20", "--no-progress"]
+    out = tmp_path / "elsewhere"
+    assert main(["eval", str(run), *fast, "--out", str(out)]) == 0
+    assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert {p.name for p in out.iterdir()} >= {"report.json", "report.md", "eval.json"}
+    assert json.loads((out / "eval.json").read_text())["n_ex"] == 20
+    assert main(["eval", str(run), *fast]) == 0
+    assert json.loads((run / "eval.json").read_text())["n_ex"] == 20 and (run / "eval" / "report.json").is_file()

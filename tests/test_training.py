@@ -233,6 +233,7 @@ def test_existing_run_folder_is_not_overwritten(tmp_path):
     assert (run / "last.pt").read_bytes() == b"precious"
 
 
+@pytest.mark.slow
 def test_resume_with_a_config_that_changes_training_is_refused_and_writes_nothing(tmp_path, capsys):
     """Resuming a finished run with another radius fails before anything is written, with the diff and the way
     out; a change that does not touch the trained model (train.progress) resumes."""

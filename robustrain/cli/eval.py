@@ -91,8 +91,10 @@ def eval_command(args: argparse.Namespace) -> int:
     print(f"\nworst-case robust accuracy: {100 * report['final']['robust_acc']:.2f}% on {report['n_ex']} examples"
           + (f" (AutoAttack {args.version}, backend {report['backend']['name']})" if report["backend"] else ""))
     written = [json_path, md_path]
-    if target.run_dir is not None:
-        written.append(_write_run_summary(report, target, args, Path(args.out) if legacy_json else None, json_path))
+    if target.run_dir is not None:  # with --out DIR, nothing goes into the run folder: its eval.json goes to DIR
+        to_dir = args.out is not None and not legacy_json
+        written.append(_write_run_summary(report, target, args, out_dir / "eval.json" if to_dir else
+                                          Path(args.out) if legacy_json else None, json_path, attach=not to_dir))
     print("written: " + ", ".join(map(str, written)))
     s = report["sanity"]
     if s["n_errors"]:
@@ -102,8 +104,10 @@ def eval_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_run_summary(report: dict, target, args: argparse.Namespace, path: Path | None, report_path: Path) -> Path:
-    """The one-row ``eval.json`` beside a run's checkpoints (the format ``robustrain eval`` always wrote)."""
+def _write_run_summary(report: dict, target, args: argparse.Namespace, path: Path | None, report_path: Path,
+                       attach: bool = True) -> Path:
+    """The one-row ``eval.json`` beside a run's checkpoints (the format ``robustrain eval`` always wrote), or at
+    ``path``; ``attach``: also attach it to the run's wandb run (which writes into the run folder)."""
     from ..tracking import attach_report
 
     acc = report["accuracy"]
@@ -121,5 +125,6 @@ def _write_run_summary(report: dict, target, args: argparse.Namespace, path: Pat
                "epoch": target.epoch, "seed": args.seed, "report": str(report_path)}
     out = path or target.run_dir / "eval.json"
     out.write_text(json.dumps(summary, indent=2))
-    attach_report(target.run_dir, out)  # a tracked run gets the report in wandb
+    if attach:
+        attach_report(target.run_dir, out)  # a tracked run gets the report in wandb
     return out

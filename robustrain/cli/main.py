@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", help="folder for report.json and report.md (default: RUN/eval, or ./eval for --model); "
-                                 "a path ending in .json is where a run's one-row eval.json goes instead")
+                                 "a run's one-row eval.json goes there too and nothing into the run folder; a path ending "
+                                 "in .json is where a run's one-row eval.json goes instead")
     from .eval import add_arguments
 
     add_arguments(e)
