@@ -25,7 +25,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from .harness import (Case, box, compare, has_input_normalisation, optimizer_schedule, parity_batches, recipe_hint,
+from .harness import (Case, cyclic_sgd, box, compare, has_input_normalisation, optimizer_schedule, parity_batches, recipe_hint,
                       require, robustrain_run, trainer_generator, uniform)
 
 EPOCHS, N_BATCHES, BATCH = 4, 5, 32
@@ -38,10 +38,8 @@ def official_aaer_loop(model, batches, *, epochs, lr_max, momentum, weight_decay
 
     ``noise``: radius of the uniform start in units of ε (1 for ``--clamp 1``, 2 for ``--clamp 0``); ``project``:
     ``--clamp``. Returns the (lr, momentum) of every optimiser step."""
-    opt = torch.optim.SGD(model.parameters(), lr=lr_max, momentum=momentum, weight_decay=weight_decay)
     total = epochs * len(batches)
-    sched = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=0.0, max_lr=lr_max, step_size_up=total / 2,
-                                              step_size_down=total / 2)
+    opt, sched = cyclic_sgd(model, total, lr_max, momentum, weight_decay)
     gen = trainer_generator(seed)
     schedule = []
     model.train()

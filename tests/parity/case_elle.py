@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .harness import (Case, compare, has_input_normalisation, optimizer_schedule, parity_batches, recipe_hint, require,
+from .harness import (Case, cyclic_sgd, compare, has_input_normalisation, optimizer_schedule, parity_batches, recipe_hint, require,
                       robustrain_run, trainer_generator, uniform)
 
 EPOCHS, N_BATCHES, BATCH = 4, 5, 16
@@ -50,10 +50,8 @@ def official_elle_loop(model, batches, *, epochs, lr, momentum, weight_decay, ep
     (lam_max, decay, sensitivity)``, the ``onoff`` schedule (ELLE-A). Returns the (lr, momentum) of every batch's
     first optimiser step and the λ used at every batch. ``metric_forward=False`` leaves out the clean forward of
     the accuracy metric (its only effect is on the BatchNorm running statistics)."""
-    opt = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=False)
     total = epochs * len(batches)
-    sched = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=0, max_lr=lr, step_size_up=total / 2,
-                                              step_size_down=total / 2)
+    opt, sched = cyclic_sgd(model, total, lr, momentum, weight_decay)
     gen = trainer_generator(seed)
     if adaptive is not None:
         lam_max, decay, sensitivity = adaptive

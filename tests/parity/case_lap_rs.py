@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .harness import (Case, box, compare, has_input_normalisation, optimizer_schedule, parity_batches, recipe_hint,
+from .harness import (Case, cyclic_sgd, box, compare, has_input_normalisation, optimizer_schedule, parity_batches, recipe_hint,
                       require, robustrain_run, trainer_generator, uniform)
 
 EPOCHS, N_BATCHES, BATCH = 4, 5, 32
@@ -48,10 +48,8 @@ def official_lap_loop(model, batches, *, epochs, lr_max, momentum, weight_decay,
     """LAP.py's training loop (fp32; normalisation inside the model, ε and α in pixel units). Returns the
     (lr, momentum) of every step and the largest relative difference between the applied perturbation and the
     official expression for it."""
-    opt = torch.optim.SGD(model.parameters(), lr=lr_max, momentum=momentum, weight_decay=weight_decay)
     total = epochs * len(batches)
-    sched = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=0.0, max_lr=lr_max, step_size_up=total / 2,
-                                              step_size_down=total / 2)
+    opt, sched = cyclic_sgd(model, total, lr_max, momentum, weight_decay)
     gen = trainer_generator(seed)
     keys = [k for k, w in model.state_dict().items() if w.dim() > 1 and "weight" in k]  # diff_in_weights' entries
     schedule, worst = [], 0.0

@@ -429,6 +429,17 @@ def box(x: Tensor, delta: Tensor) -> Tensor:
     return (x + delta).clamp(0.0, 1.0) - x
 
 
+def cyclic_sgd(model: nn.Module, total: int, lr_max: float, momentum: float, weight_decay: float
+               ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.CyclicLR]:
+    """The optimiser of the official single-step CIFAR scripts (Wong's train_fgsm.py, N-FGSM, AAER, LAP, ELLE):
+    SGD(lr_max, momentum, weight decay) driven by torch's CyclicLR(base 0, max lr_max, up = down = total / 2) with its
+    default momentum cycling, stepped once after every optimiser step."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr_max, momentum=momentum, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=0.0, max_lr=lr_max, step_size_up=total / 2,
+                                              step_size_down=total / 2)
+    return opt, sched
+
+
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     for group in opt.param_groups:
         group["lr"] = lr
