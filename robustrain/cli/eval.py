@@ -48,6 +48,18 @@ def _sections(args: argparse.Namespace, known: dict[str, dict], names: list[str]
 
 
 def eval_command(args: argparse.Namespace) -> int:
+    """``robustrain eval``; under ``torchrun`` every rank evaluates its share of each stage's batches (the report is
+    that of one process) and rank 0 alone writes and prints."""
+    from ..distributed import init_from_env, teardown
+
+    dist = init_from_env(args.device or "auto")  # under torchrun: join the process group (NCCL on GPUs, else gloo)
+    try:
+        return _evaluate(args, dist.is_main)
+    finally:
+        teardown()
+
+
+def _evaluate(args: argparse.Namespace, is_main: bool) -> int:
     from ..tables import format_table
     from ..threat import check_radius, make_threat
     from .target import load_factory_target, load_run_target
@@ -84,6 +96,8 @@ def eval_command(args: argparse.Namespace) -> int:
     report, _ = evaluate_robustness(target.model, target.x, target.y, plan, num_classes=target.num_classes,
                                     model_info=target.model_info, data_info=target.data_info, out_dir=out_dir,
                                     progress=not args.no_progress)
+    if not is_main:
+        return 3 if report["sanity"]["n_errors"] else 0
     json_path, md_path = write_report(report, out_dir)
     rows = [{"stage": s["name"], "attacked": s["n_attacked"], "robust_acc (%)": f"{100 * s['robust_acc']:.2f}",
              "seconds": f"{s['seconds']:.1f}"} for s in report["stages"]]

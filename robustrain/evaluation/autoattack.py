@@ -137,14 +137,30 @@ def _progress(stage: Stage, total: int, enabled: bool):
 
 
 def run_cascade(model: nn.Module, x: Tensor, y: Tensor, stages: list[Stage], threat: ThreatModel, *,
-                batch_size: int, state: EvalState | None = None, progress: bool = False) -> CascadeResult:
+                batch_size: int, state: EvalState | None = None, progress: bool = False,
+                distributed: bool | None = None) -> CascadeResult:
     """Run ``stages`` in order; each attacks only the points its ``after`` stage left robust.
 
     The model must already be in the mode to evaluate in (the caller holds ``attack_guard``). Every
     adversarial batch is checked against ``threat`` and for finite values; an example outside the threat
     model is not counted as broken (and the record says how many there were). After every batch the
     records are saved to ``state`` so an interrupted evaluation continues where it stopped.
+
+    ``distributed`` (default: when this process is in a process group; every rank calls with the same
+    arguments): the batches of each stage are shared out in rounds, rank ``r`` running batch
+    ``first + W·k + r`` of round ``k``; after each round every rank's results (broken examples, their
+    adversarial inputs, the validity counts) are gathered on every rank, so each rank enters the next round
+    and stage with the flags of one process. A batch is the same batch, with the same seed, as in one
+    process, so the records are identical to a single process's (the attacks draw their noise per batch;
+    sharding examples instead would change each example's noise). The work unit is a batch: with ``W``
+    ranks, a stage with fewer than ``W`` batches leaves ranks idle (a smaller ``batch_size`` spreads it).
+    Only the state passed in is saved (rank 0's, after each round).
     """
+    from ..distributed import current, gather_objects
+
+    info = current()
+    world = info.world_size if (info.enabled if distributed is None else distributed) else 1
+    rank = info.rank if world > 1 else 0
     n = y.shape[0]
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
@@ -167,27 +183,25 @@ def run_cascade(model: nn.Module, x: Tensor, y: Tensor, stages: list[Stage], thr
         n_batches = -(-idx.numel() // batch_size)
         bar = _progress(stage, n_batches, progress)
         bar.update(rec.next_batch)
-        for b in range(rec.next_batch, n_batches):
+        for first_b in range(rec.next_batch, n_batches, world):
             t0 = time.perf_counter()
-            bi = idx[b * batch_size:(b + 1) * batch_size]
-            xb, yb = x[bi.to(x.device)], y[bi.to(y.device)]
-            if stage.runner is None:
-                with torch.no_grad():
-                    rec.robust[bi] = (model(xb).argmax(dim=1) == yb).cpu()
-            else:
-                adv = stage.runner(model, xb, yb, b)
-                valid = _check_adversarial(rec, threat, xb, adv)
-                with torch.no_grad():
-                    wrong = (model(adv).argmax(dim=1) != yb).cpu() & valid
-                rec.robust[bi[wrong]] = False
-                first = wrong & ~have_adv[bi]
-                x_adv[bi[first].to(x.device)] = adv[first.to(adv.device)].to(x.dtype)
-                have_adv[bi[first]] = True
+            b = first_b + rank
+            out = _run_batch(model, x, y, stage, threat, idx[b * batch_size:(b + 1) * batch_size], b, have_adv) \
+                if b < n_batches else None
+            parts = [out] if world == 1 else gather_objects(_to_cpu(out))
+            for part in parts:
+                if part is None:
+                    continue
+                broken, first, rows, adv = part
+                rec.robust[broken] = False
+                x_adv[first.to(x.device)] = rows.to(device=x.device, dtype=x.dtype)
+                have_adv[first] = True
+                _merge_adv(rec.adv, adv)
             rec.seconds += time.perf_counter() - t0
-            rec.next_batch = b + 1
+            rec.next_batch = min(first_b + world, n_batches)
             state.stages[stage.name] = rec.to_state()
             state.save()
-            bar.update(1)
+            bar.update(rec.next_batch - first_b)
             bar.set_postfix_str(f"robust acc {100 * rec.robust.float().mean().item():.2f}%")
         bar.close()
         rec.done = True
@@ -200,20 +214,51 @@ def run_cascade(model: nn.Module, x: Tensor, y: Tensor, stages: list[Stage], thr
     return CascadeResult(list(records.values()), final, x_adv, not state.resumed, state.resumed)
 
 
-def _check_adversarial(rec: StageRecord, threat: ThreatModel, x: Tensor, adv: Tensor) -> Tensor:
-    """Per-example validity of ``adv`` (finite, in [0,1], within ε of ``x``), accumulated into ``rec.adv``."""
+def _run_batch(model: nn.Module, x: Tensor, y: Tensor, stage: Stage, threat: ThreatModel, bi: Tensor, b: int,
+               have_adv: Tensor) -> tuple[Tensor, Tensor, Tensor, dict | None]:
+    """Batch ``b`` of ``stage`` (the examples ``bi``): the examples it breaks, those of them broken for the first
+    time in this evaluation with their adversarial inputs, and the validity counts of its adversarial batch."""
+    xb, yb = x[bi.to(x.device)], y[bi.to(y.device)]
+    if stage.runner is None:
+        with torch.no_grad():
+            wrong = (model(xb).argmax(dim=1) != yb).cpu()
+        return bi[wrong], bi[:0], x[:0], None
+    adv = stage.runner(model, xb, yb, b)
+    valid, counts = _check_adversarial(stage.name, threat, xb, adv)
+    with torch.no_grad():
+        wrong = (model(adv).argmax(dim=1) != yb).cpu() & valid
+    first = wrong & ~have_adv[bi]
+    return bi[wrong], bi[first], adv[first.to(adv.device)].detach(), counts
+
+
+def _to_cpu(out):
+    """One batch's results, ready to send to the other ranks (tensors on the CPU)."""
+    return None if out is None else (out[0], out[1], out[2].cpu(), out[3])
+
+
+def _merge_adv(into: dict, counts: dict | None) -> None:
+    """Fold one batch's validity counts into a stage's (maxima, sums, minima: the order of batches is immaterial)."""
+    if counts is None:
+        return
+    into["max_norm"] = max(into["max_norm"], counts["max_norm"])
+    into["n_outside"] += counts["n_outside"]
+    into["n_nonfinite"] += counts["n_nonfinite"]
+    for key, pick in (("min", min), ("max", max)):
+        if counts[key] is not None:
+            into[key] = counts[key] if into[key] is None else pick(into[key], counts[key])
+
+
+def _check_adversarial(name: str, threat: ThreatModel, x: Tensor, adv: Tensor) -> tuple[Tensor, dict]:
+    """Per-example validity of ``adv`` (finite, in [0,1], within ε of ``x``) and the batch's counts (largest norm,
+    examples outside the threat model, non-finite examples, smallest and largest value)."""
     if adv.shape != x.shape:
-        raise ConfigError(f"stage {rec.name!r} returned adversarial examples of shape {tuple(adv.shape)} for inputs "
+        raise ConfigError(f"stage {name!r} returned adversarial examples of shape {tuple(adv.shape)} for inputs "
                           f"of shape {tuple(x.shape)}; this is a bug in the attack or backend.")
     finite = torch.isfinite(adv.float()).flatten(1).all(1)
     inside = threat.contains(x, torch.nan_to_num(adv), atol=1e-5) & finite
     norms = threat.norms(torch.nan_to_num(adv.float()) - x.float())
-    a = rec.adv
-    a["max_norm"] = max(a["max_norm"], float(norms.max()) if norms.numel() else 0.0)
-    a["n_outside"] += int((~inside).sum())
-    a["n_nonfinite"] += int((~finite).sum())
+    counts = {"max_norm": float(norms.max()) if norms.numel() else 0.0, "n_outside": int((~inside).sum()),
+              "n_nonfinite": int((~finite).sum()), "min": None, "max": None}
     if adv.numel():
-        lo, hi = float(torch.nan_to_num(adv).min()), float(torch.nan_to_num(adv).max())
-        a["min"] = lo if a["min"] is None else min(a["min"], lo)
-        a["max"] = hi if a["max"] is None else max(a["max"], hi)
-    return inside.cpu()
+        counts["min"], counts["max"] = float(torch.nan_to_num(adv).min()), float(torch.nan_to_num(adv).max())
+    return inside.cpu(), counts

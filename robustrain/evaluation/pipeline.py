@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attacks import attack_guard
-from ..errors import ConfigError
+from ..errors import ConfigError, RobustrainError
 from ..provenance import package_versions
 from ..threat import ThreatModel
 from .autoattack import STANDARD_QUERIES, STANDARD_STEPS, CascadeResult, Stage, autoattack_stages, run_cascade
@@ -96,26 +96,43 @@ def evaluate_robustness(model: nn.Module, x: Tensor, y: Tensor, plan: EvalPlan, 
                         progress: bool = False) -> tuple[dict[str, Any], CascadeResult]:
     """Evaluate ``model`` on inputs ``x`` in [0,1] (labels ``y``) as ``plan`` says; return the report and the
     cascade result. With ``out_dir`` the progress is saved there after every batch and a rerun of the same
-    evaluation continues where it stopped (the state file is removed when the evaluation completes)."""
+    evaluation continues where it stopped (the state file is removed when the evaluation completes).
+
+    In a process group (``torchrun``) every rank calls this with the same arguments: the cascade shares each
+    stage's batches out over the ranks and gathers the per-example results (:func:`run_cascade`), so every rank
+    returns the report of one process; rank 0 alone reads and writes the progress file and prints."""
+    from ..distributed import broadcast_object, current
+
+    info = current()
     n = int(y.shape[0])
     stages, backend = build_stages(plan, num_classes)
     m_sha, d_sha = model_sha256(model), data_sha256(x, y)
     key_config = {"model": m_sha, "data": d_sha, "threat": [plan.threat.norm, plan.threat.eps], "seed": plan.seed,
                   "batch_size": plan.batch_size, "backend": plan.backend if backend else None,
                   "stages": [[s.name, s.after, s.settings] for s in stages]}
-    state = EvalState.for_dir(out_dir, key_config)
+    state, error = EvalState(None, ""), None
+    try:
+        state = EvalState.for_dir(out_dir if info.is_main else None, key_config)
+    except RobustrainError as e:  # a foreign or unreadable progress file: every rank stops, none waits
+        error = e
+    if info.enabled:  # every rank continues from rank 0's progress file
+        state.stages, state.resumed, error = broadcast_object((state.stages, state.resumed, error))
+    if error is not None:
+        raise error
     given_training = any(m.training for m in model.modules())
     t0 = time.perf_counter()
     with attack_guard(model, "eval"):
         rand = plan.version == "rand" and any(a in AUTOATTACK_NAMES for a in plan.attacks)
         before = checks_before(model, x[:N_CHECK], y[:N_CHECK], given_training=given_training, randomised_ok=rand)
-        announce(before)
+        if info.is_main:
+            announce(before)
         check_seconds = time.perf_counter() - t0
         result = run_cascade(model, x, y, stages, plan.threat, batch_size=plan.batch_size, state=state,
-                             progress=progress)
+                             progress=progress and info.is_main)
     desc = f"the {plan.threat.norm} ball of radius {plan.threat.eps:.6g}"
     after = checks_after(result.records, n, num_classes, desc)
-    announce(after)
+    if info.is_main:
+        announce(after)
     checks = [c.as_dict() for c in before + after]
     recs = result.records
     acc = {r.name: float(r.robust.float().mean()) if n else 0.0 for r in recs}
@@ -145,9 +162,10 @@ def evaluate_robustness(model: nn.Module, x: Tensor, y: Tensor, plan: EvalPlan, 
                    "n_errors": sum(c["level"] == "error" for c in checks)},
         "runtime": {"total_seconds": round(check_seconds + sum(r.seconds for r in recs), 3),
                     "checks_seconds": round(check_seconds, 3),
-                    "per_stage": {r.name: round(r.seconds, 3) for r in recs}},
+                    "per_stage": {r.name: round(r.seconds, 3) for r in recs}, "world_size": info.world_size},
         "environment": {**package_versions(), "device": str(x.device), "threads": torch.get_num_threads()},
         "resumed": result.resumed,
     }
-    state.remove()
+    if info.is_main:
+        state.remove()
     return report, result
