@@ -3,8 +3,9 @@
 The package is layered; a package or top module imports only its own layer and the layers below it
 (tests/test_layering.py checks it: no import cycle between packages, at most 2 upward imports). Lowest first:
 
-1. ``errors``, ``registry``, ``tables``, ``provenance``, ``atomic``, ``guards``: the foundation (error types and
-   name registries, markdown tables, git commit and environment, atomic writes, model-mode guards).
+1. ``errors``, ``registry``, ``tables``, ``provenance``, ``atomic``, ``guards``, ``runlock``: the foundation (error
+   types and name registries, markdown tables, git commit and environment, atomic writes, model-mode guards, the
+   run-folder lock).
 2. ``threat``, ``distributed``: the threat model (ε-ball ∩ [0,1] box); the torchrun process group.
 3. ``kernels``: the attack-step operations (PyTorch reference, Triton kernels).
 4. ``data``, ``models``: in-memory datasets and resumable loaders; the architectures.
@@ -25,6 +26,6 @@ loads nothing else.
 
 __all__ = [
     "atomic", "attacks", "benchmarking", "build", "cli", "config", "data", "distributed", "errors", "evaluation",
-    "guards", "kernels", "models", "perturbation", "provenance", "registry", "regularisers", "reporting", "run",
+    "guards", "kernels", "models", "perturbation", "provenance", "registry", "regularisers", "reporting", "run", "runlock",
     "tables", "threat", "tracking", "training",
 ]

@@ -2,10 +2,11 @@
 
 The data goes to a temporary ``.NAME.<random>.tmp`` beside the target, is flushed and fsynced, then renamed over
 the target (``os.replace``); on an error the temporary is removed. A process killed mid-write leaves only such a
-temporary (``robustrain.training.checkpoint.remove_stale_temporaries`` deletes the checkpoints' ones on resume).
+temporary (:func:`remove_temporaries` deletes them; a run deletes its folder's when it starts or resumes).
 
 * :func:`write_atomic`: the general form (a callback writes into the open temporary file).
 * :func:`write_text_atomic`, :func:`write_json_atomic`: text and JSON.
+* :func:`remove_temporaries`: delete what a killed write left behind.
 """
 from __future__ import annotations
 
@@ -48,6 +49,19 @@ def _create_temporary(path: Path, mode: int) -> tuple[int, str]:
             continue
 
 
+def remove_temporaries(folder: str | Path, pattern: str = "*") -> list[Path]:
+    """Delete the ``.NAME.<random>.tmp`` files a killed :func:`write_atomic` left in ``folder`` (for targets
+    matching ``pattern``); returns what was removed. Call it only while no other process writes into ``folder``
+    (e.g. holding its :mod:`~robustrain.runlock` lock)."""
+    removed = []
+    for tmp in sorted(Path(folder).glob(f".{pattern}.*.tmp")):
+        token = tmp.name[:-len(".tmp")].rpartition(".")[2]
+        if token.isalnum() and tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     write_atomic(path, lambda f: f.write(text))
@@ -58,4 +72,4 @@ def write_json_atomic(path: str | Path, obj: Any, *, indent: int | None = 1) -> 
     write_atomic(path, lambda f: json.dump(obj, f, indent=indent))
 
 
-__all__ = ["write_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = ["remove_temporaries", "write_atomic", "write_json_atomic", "write_text_atomic"]

@@ -10,6 +10,7 @@ Public API:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -25,12 +26,14 @@ from .data import BatchLoader
 from .distributed import barrier, current
 from .errors import ConfigError
 from .evaluation import EvalResult, evaluate
+from .atomic import remove_temporaries
 from .provenance import environment, git_commit
+from .runlock import folder_lock
 from .tables import format_table
 from .threat import make_threat
 from .tracking import WandbLogger
 from .training import Trainer
-from .training.checkpoint import load_checkpoint, remove_stale_temporaries
+from .training.checkpoint import load_checkpoint
 
 
 #: Config keys a resume may change: they do not change the trained model (a key ending in ``.*`` covers its section).
@@ -122,10 +125,9 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool,
             record["config_changes"] = {k: [None if o is _ABSENT else o, None if n is _ABSENT else n]
                                         for k, (o, n) in (config_changes or {}).items()}
         env_path.write_text(json.dumps(record, indent=2, default=str))
-        if resume:
-            for tmp in remove_stale_temporaries(run_dir):
-                print(f"[robustrain] removed {tmp.name}, a checkpoint half-written when the run was killed "
-                      "(the complete checkpoints are intact)")
+        for tmp in remove_temporaries(run_dir):  # under the run folder's lock: no other writer
+            print(f"[robustrain] removed {tmp.name}, a file half-written when an earlier process in this folder was "
+                  "killed (the complete files are intact)")
     barrier()
 
 
@@ -178,11 +180,26 @@ def final_evaluation(cfg: Config, run_dir: Path, trainer: Trainer, data: Data, t
     return summary
 
 
-def run_training(cfg: Config, run_dir: Path, *, resume: bool = False) -> dict[str, Any]:
-    """Train (or resume) the run in ``run_dir``, then evaluate best and last on the test split."""
-    changes = check_resume_config(cfg, run_dir) if resume else None  # before anything is written
-    prepare_run_dir(cfg, run_dir, resume, changes)
-    trainer, data = build_trainer(cfg, run_dir)
+def run_training(cfg: Config, run_dir: Path, *, resume: bool = False, command: str | None = None) -> dict[str, Any]:
+    """Train (or resume) the run in ``run_dir``, then evaluate best and last on the test split.
+
+    Nothing is written before the config is validated and the data and model are built; the run folder is locked
+    (:mod:`robustrain.runlock`, ``command`` goes into the lock record) from before the resume check until the end."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run folder {str(run_dir)!r} is a file; choose a folder with --run-dir (or move the file).")
+    if resume and not (run_dir / "last.pt").exists():
+        raise ConfigError(f"--resume: {str(run_dir / 'last.pt')!r} does not exist; nothing to resume in "
+                          f"{str(run_dir)!r} (start the run without --resume).")
+    trainer, data = build_trainer(cfg, run_dir)  # data and model first: a bad input fails before any write
+    lock = folder_lock(run_dir, command) if current().is_main else contextlib.nullcontext()
+    with lock:
+        changes = check_resume_config(cfg, run_dir) if resume else None  # under the lock, before any write
+        prepare_run_dir(cfg, run_dir, resume, changes)
+        return _fit_and_evaluate(cfg, run_dir, trainer, data, resume)
+
+
+def _fit_and_evaluate(cfg: Config, run_dir: Path, trainer: Trainer, data: Data, resume: bool) -> dict[str, Any]:
     ckpt = run_dir / "last.pt" if resume else None
     tracker = next((cb for cb in trainer.callbacks if isinstance(cb, WandbLogger)), None)
     if tracker is not None:

@@ -16,7 +16,7 @@ PACKAGE = ROOT / "robustrain"
 
 # lowest first; a unit may import units of its own layer and of the layers below it
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "registry", "tables", "provenance", "atomic", "guards"),  # foundation: no robustrain imports but these
+    ("errors", "registry", "tables", "provenance", "atomic", "guards", "runlock"),  # foundation: no robustrain imports but these
     ("threat", "distributed"),
     ("kernels",),
     ("data", "models"),

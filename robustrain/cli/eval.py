@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..evaluation.pipeline import AUTOATTACK_NAMES, DEFAULT_PGD, EvalPlan, evaluate_robustness
 from ..evaluation.report import write_report
+from ..runlock import folder_lock
 
 DEFAULT_ATTACKS = "pgd,autoattack"
 
@@ -60,7 +62,6 @@ def eval_command(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace, is_main: bool) -> int:
-    from ..tables import format_table
     from ..threat import check_radius, make_threat
     from .target import load_factory_target, load_run_target
 
@@ -93,6 +94,17 @@ def _evaluate(args: argparse.Namespace, is_main: bool) -> int:
         out_dir = target.run_dir / "eval"
     else:
         out_dir = Path("eval")
+    # one writer at a time: the run folder when the results go into it, else the --out folder
+    locked = target.run_dir if target.run_dir is not None and (args.out is None or legacy_json) else out_dir
+    lock = folder_lock(locked, getattr(args, "command_line", None)) if is_main else contextlib.nullcontext()
+    with lock:
+        return _evaluate_and_write(args, target, plan, out_dir, legacy_json, is_main)
+
+
+def _evaluate_and_write(args: argparse.Namespace, target, plan: EvalPlan, out_dir: Path, legacy_json: bool,
+                        is_main: bool) -> int:
+    from ..tables import format_table
+
     report, _ = evaluate_robustness(target.model, target.x, target.y, plan, num_classes=target.num_classes,
                                     model_info=target.model_info, data_info=target.data_info, out_dir=out_dir,
                                     progress=not args.no_progress)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from ..errors import RobustrainError
@@ -20,7 +22,7 @@ def _train(args: argparse.Namespace) -> int:
         if dist.is_main:
             print(f"run folder: {run_dir}" + (f" ({dist.world_size} processes, {dist.backend})" if dist.enabled else ""),
                   flush=True)
-        summary = run_training(cfg, run_dir, resume=args.resume)
+        summary = run_training(cfg, run_dir, resume=args.resume, command=args.command_line)
     finally:
         teardown()
     if dist.is_main:
@@ -44,8 +46,11 @@ def _report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.runs[0]) / "report"
     if args.out is None and len(args.runs) > 1:
         raise RobustrainError("several run folders need --out DIR (where the plots and report.md go).")
+    from ..runlock import folder_lock
+
     command = "robustrain report " + " ".join(args.runs) + (f" --out {args.out}" if args.out else "")
-    written = write_report(args.runs, out, title=args.title, command=command)
+    with folder_lock(out, command):
+        written = write_report(args.runs, out, title=args.title, command=command)
     print("written: " + ", ".join(str(p) for p in written.values()))
     return 0
 
@@ -90,8 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that ``finally`` blocks run (locks released, files intact)."""
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.command_line = "robustrain " + " ".join(sys.argv[1:] if argv is None else argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if getattr(args, "eps", None) is not None:
             from ..config import parse_number
@@ -101,6 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     except RobustrainError as e:
         print(f"robustrain: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the file system refused: say which file and why, not a traceback
+        where = f" {e.filename!r}" if e.filename else ""
+        print(f"robustrain: error: cannot access{where}: {e.strerror or e}. Check that the path exists and that you "
+              "may read and write it (permissions, free space), or choose another path.", file=sys.stderr)
+        return 2
+    except Terminated:
+        print("robustrain: terminated (SIGTERM); files already written are intact and the folder's lock is released.",
+              file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         if args.command == "eval":
             print("robustrain: interrupted; progress is saved after every batch: rerun the same command to continue.",
@@ -108,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         print("robustrain: interrupted; checkpoints already written are intact (resume with --resume).", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

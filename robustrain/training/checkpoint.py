@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import write_atomic
+from ..atomic import remove_temporaries, write_atomic
 from ..errors import CheckpointError
 
 
@@ -18,18 +18,14 @@ def save_atomic(obj: Any, path: str | Path) -> None:
 
     A kill at any moment leaves either the old file or the new one, never half of one.
     """
-    write_atomic(path, lambda f: torch.save(obj, f), binary=True, private=True)
+    write_atomic(path, lambda f: torch.save(obj, f), binary=True)  # the mode of every other file (umask)
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     """Delete the half-written ``.NAME.pt.*.tmp`` files a killed :func:`save_atomic` left in ``folder`` (the
     checkpoints themselves are never half-written); returns what was removed. Call it only when no other process
     writes checkpoints into ``folder`` (e.g. when resuming the run)."""
-    removed = []
-    for tmp in sorted(Path(folder).glob(".*.pt.*.tmp")):
-        tmp.unlink(missing_ok=True)
-        removed.append(tmp)
-    return removed
+    return remove_temporaries(folder, "*.pt")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
