@@ -81,7 +81,9 @@ class ScheduleConfig:
     the first of ``milestones`` (epochs), then × ``factors`` (one per milestone; "a/b" strings divide) or chained
     ``gamma``; ``count_from`` 0 | 1 says how milestones count epochs (1: TRADES/AWP/MART scripts, ``epoch >= m`` with
     epochs from 1); ``at`` epoch | batch_end (batch_end: at t = epoch + (i+1)/n, the Rice/AWP/RWP piecewise
-    schedule). ``constant``, ``cosine``."""
+    schedule). ``onecycle``: torch's OneCycleLR (lr/25 → lr at ``peak`` → lr/25/1e4, cosine phases, momentum cycling
+    as ``cyclic``), stepped per epoch (``at: epoch``, FastAT_Benchmark) or per iteration (``at: batch_end``).
+    ``constant``, ``cosine``."""
 
     name: str = "cyclic"
     peak: float = 0.5
@@ -373,8 +375,19 @@ def _check_procedures(cfg: Config) -> None:
     if not isinstance(cfg.procedures, list):
         raise ConfigError(f"procedures must be a list of {{name: ..., option: value}} mappings; got {cfg.procedures!r}.")
     cfg.procedures = [{"name": p} if isinstance(p, str) else p for p in cfg.procedures]  # a bare name: no options
+    evaluated = []
     for i, section in enumerate(cfg.procedures):
         check_section("training procedure", PROCEDURES, section, f"procedures[{i}]", cfg.threat.norm)
+        options = {k: v for k, v in section.items() if k != "name"}
+        try:  # the constructor checks the values (ranges, choices): a bad one fails here, before anything is built
+            PROCEDURES[section["name"]](**options)
+        except ConfigError as e:
+            raise ConfigError(f"procedures[{i}]: {e}") from None
+        if PROCEDURES[section["name"]].provides_eval_model:
+            evaluated.append(section["name"])
+    if len(evaluated) > 1:
+        raise ConfigError(f"procedures: {' and '.join(evaluated)} both provide the model to evaluate (weight "
+                          "averaging); keep one.")
 
 
 def validate(cfg: Config) -> Config:

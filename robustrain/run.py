@@ -5,7 +5,8 @@ Public API:
 * :func:`run_training`: train (or resume) the run in a run folder, then evaluate best and last on the test split.
 * :func:`check_resume_config`: refuse a ``--resume`` whose config would change the run's training.
 * :func:`prepare_run_dir`: create the run folder (``config.yaml``, ``environment.json``); refuse to overwrite.
-* :func:`final_evaluation`: the test accuracy of ``best.pt`` and ``last.pt``, into ``summary.json`` / ``.md``.
+* :func:`final_evaluation`: the test accuracy of ``best.pt`` and ``last.pt`` (their ``eval_model``, the averaged
+  weights, where weight averaging provides one), into ``summary.json`` / ``.md``.
 * :func:`evaluate_model`: ``evaluate`` on the first ``n_ex`` examples of a loader (sharded when distributed).
 """
 from __future__ import annotations
@@ -152,17 +153,19 @@ def final_evaluation(cfg: Config, run_dir: Path, trainer: Trainer, data: Data, t
     amp = AMP[cfg.train.amp]
     attack = build_attack_from(cfg.eval.attack, threat, default_bn="eval", force_eval=True, amp_dtype=amp)
     label = attack.label
+    averaged = any(getattr(p, "provides_eval_model", False) for p in trainer.procedures)
     rows = []
     for which in ("best", "last"):
         path = run_dir / f"{which}.pt"
         if not path.exists():
             continue
         ckpt = load_checkpoint(path, map_location=trainer.device)
-        trainer.model.load_state_dict(ckpt["model"])
+        trainer.model.load_state_dict(ckpt.get("eval_model", ckpt["model"]))  # the averaged weights, if averaging
         t0 = time.perf_counter()
         res = evaluate_model(trainer.model, data.test, attack, label, seed=cfg.seed, n_ex=cfg.eval.n_ex, amp_dtype=amp)
         acc = res.accuracy()
-        rows.append({"checkpoint": which, "epoch": ckpt["trainer"]["epoch"], "n_ex": res.n,
+        rows.append({"checkpoint": which, **({"weights": ckpt.get("eval_weights") or "training"} if averaged else {}),
+                     "epoch": ckpt["trainer"]["epoch"], "n_ex": res.n,
                      "clean_acc": round(100 * acc["clean"], 2), f"{label}_acc": round(100 * acc[label], 2),
                      "seconds": round(time.perf_counter() - t0, 1)})
     summary = {
@@ -172,7 +175,8 @@ def final_evaluation(cfg: Config, run_dir: Path, trainer: Trainer, data: Data, t
         "test": rows, "train_seconds": round(train_seconds, 1), "history": trainer.history,
         "git_commit": git_commit(), "world_size": current().world_size,
     }
-    table = format_table(rows, ["checkpoint", "epoch", "n_ex", "clean_acc", f"{label}_acc", "seconds"])
+    table = format_table(rows, ["checkpoint", *(["weights"] if averaged else []), "epoch", "n_ex", "clean_acc",
+                                f"{label}_acc", "seconds"])
     if current().is_main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         (run_dir / "summary.md").write_text(f"# {cfg.name}: test accuracy (%)\n\n{table}\n")

@@ -56,6 +56,31 @@ def test_cyclic_equals_torch_cyclic_lr_with_momentum_step_by_step(epochs, n, pea
     assert ours == ref  # exactly, every iteration
 
 
+@pytest.mark.parametrize("epochs,n,peak,at", [
+    (100, 3, 0.3, "epoch"),      # FastAT_Benchmark main.py: OneCycleLR(total_steps=total_epoch), stepped per epoch
+    (7, 5, 0.25, "batch_end"),   # stepped per iteration (total_steps = all iterations)
+])
+def test_onecycle_equals_torch_one_cycle_lr_with_momentum(epochs, n, peak, at):
+    opt = _optimizer("sgd", 0.1)
+    per_epoch = at == "epoch"
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=epochs if per_epoch else epochs * n,
+                                                pct_start=peak)
+    ref = []
+    for e in range(epochs):
+        for i in range(n):
+            g = opt.param_groups[0]
+            ref.append((g["lr"], g["momentum"]))
+            opt.step()
+            if not per_epoch:
+                sched.step()
+        if per_epoch:
+            sched.step()
+    s = LRSchedule("onecycle", 0.1, epochs * n, n, peak=peak, at=at, base_momentum=0.85,
+                   max_momentum=0.95).resolve(_optimizer("sgd"))
+    assert s.cycle_momentum
+    assert [(s(k), s.momentum(k)) for k in range(epochs * n)] == ref  # exactly, every iteration
+
+
 def test_cyclic_momentum_is_0_8_at_the_lr_peak_and_0_9_at_the_ends():
     s = LRSchedule("cyclic", 0.2, 100, 10, peak=0.5).resolve(_optimizer("sgd"))
     assert s(0) == 0.0 and s.momentum(0) == 0.9

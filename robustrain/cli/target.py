@@ -63,7 +63,7 @@ def load_run_target(target: Path, *, checkpoint: str, split: str, data_root: str
     dev = resolve_device(cfg.data.device)
     data = build_data(cfg)
     model = build_model(cfg, data.info, dev)
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(ckpt.get("eval_model", ckpt["model"]))  # weight averaging: the averaged weights
     model.eval()
     if split == "val" and data.val is None:
         raise RobustrainError("this run has no validation split (data.val_size: 0); use --split test.")
@@ -72,7 +72,7 @@ def load_run_target(target: Path, *, checkpoint: str, split: str, data_root: str
     sections = {cfg.eval.attack["name"]: dict(cfg.eval.attack)}
     return Target(model, x, y, data.info.num_classes, cfg.threat.norm, cfg.threat.eps, sections,
                   {"source": "robustrain checkpoint", "name": cfg.name, "path": str(path), "architecture": cfg.model.name,
-                   "epoch": ckpt.get("trainer", {}).get("epoch")},
+                   "epoch": ckpt.get("trainer", {}).get("epoch"), "weights": ckpt.get("eval_weights") or "training"},
                   {"dataset": cfg.data.name, "split": split, "indices": f"first {x.shape[0]}"},
                   target if target.is_dir() else target.parent, ckpt.get("trainer", {}).get("epoch"), AMP[cfg.train.amp])
 

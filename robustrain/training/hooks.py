@@ -150,6 +150,9 @@ class Procedure:
           after_step(model, optimizer, ctx)         after the update (EMA of the weights, weight surgery)
         on_epoch_end(model, optimizer, epoch)       after the epoch's last step, before validation (so validation
                                                     and checkpoints see the weights training continues from)
+        eval_model(model, purpose) -> module | None the model validation ("validation") or the final test and
+                                                    ``robustrain eval`` ("final") use instead of the training
+                                                    weights (weight averaging: EMA, SWA); None: the training model
 
     ``select`` returns the indices (a LongTensor) or a boolean mask of the examples to keep; the Trainer cuts
     ``x``, ``y`` (and the dataset indices) to them; the model is in train mode there, so a forward that must not
@@ -193,6 +196,17 @@ class Procedure:
 
     def on_epoch_end(self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> None:
         """After the epoch's last step, before validation."""
+
+    provides_eval_model = False
+    """True for a procedure whose :meth:`eval_model` may return a model (at most one per run; the config checks)."""
+
+    def eval_model(self, model: nn.Module, purpose: str) -> nn.Module | None:
+        """The module to evaluate instead of ``model`` (the training weights), or None. ``purpose`` is
+        ``"validation"`` (the held-out validation after each epoch, hence also the choice of ``best.pt``) or
+        ``"final"`` (its state dict is stored as ``eval_model`` in every checkpoint, and the final test evaluation
+        and ``robustrain eval RUN`` evaluate it). It is evaluated in eval mode and must not share parameters with
+        ``model``; weight averaging (:mod:`robustrain.training.procedures.ema`, ``swa``) returns its averaged copy."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -57,7 +57,18 @@ Kinds (``schedule.name``):
 ``cosine``
     ``lr · (1 + cos(π t / T)) / 2`` per iteration ``t`` of ``T``.
 
-Momentum: only ``cyclic`` changes it; every other kind leaves the optimiser's momentum (or beta1) as configured.
+``onecycle`` — :class:`torch.optim.lr_scheduler.OneCycleLR` with its defaults (``anneal_strategy="cos"``,
+    ``div_factor`` 25, ``final_div_factor`` 1e4, two phases): from ``lr/25`` up to ``lr`` over the first
+    ``peak·T − 1`` scheduler steps (``pct_start = peak``), then down to ``lr/25/1e4`` at step ``T − 1``, each phase a
+    half cosine. ``at: epoch``: the scheduler is stepped once per epoch with ``T = epochs`` (the whole epoch has the
+    lr of its index), as fzjcdt/FastAT_Benchmark main.py@b99c0de (``OneCycleLR(opt, max_lr=lr,
+    total_steps=total_epoch)``, ``scheduler.step()`` after each epoch); ``at: batch_end``: once per iteration with
+    ``T`` = all iterations (step ``k`` uses the value after ``k`` scheduler steps). With ``cycle_momentum`` (on by
+    default when the optimiser has momentum, as OneCycleLR) the momentum runs opposite, ``max_momentum`` →
+    ``base_momentum`` at the peak → ``max_momentum`` (OneCycleLR's own defaults are 0.95 / 0.85: set them in the
+    recipe; it replaces ``optim.momentum`` from the first step, as OneCycleLR does).
+
+Momentum: only ``cyclic`` and ``onecycle`` change it; every other kind leaves the optimiser's momentum (or beta1) as configured.
 The Trainer writes the lr and the momentum in force at every logged step to ``metrics.jsonl`` (``lr``,
 ``momentum``; beta1 for Adam).
 """
@@ -73,7 +84,8 @@ import numpy as np
 
 from ..errors import ConfigError, closest, unknown_name
 
-SCHEDULES = ("constant", "cyclic", "interp", "multistep", "cosine")
+SCHEDULES = ("constant", "cyclic", "interp", "multistep", "cosine", "onecycle")
+CYCLING = ("cyclic", "onecycle")  # the kinds that cycle the momentum
 POSITIONS = ("epoch", "batch_end")
 
 
@@ -135,11 +147,11 @@ class LRSchedule:
     """Learning rate (and momentum) at each iteration; see the module docstring for the kinds and conventions.
 
     Args:
-        kind: constant, cyclic, interp, multistep or cosine.
+        kind: constant, cyclic, interp, multistep, cosine or onecycle.
         lr: the peak / initial learning rate (``optim.lr``).
         total_steps: iterations of the whole run (epochs × batches per epoch).
         steps_per_epoch: batches per epoch.
-        peak: cyclic / interp: the fraction of training spent going up.
+        peak: cyclic / interp / onecycle: the fraction of training spent going up (onecycle: ``pct_start``).
         milestones: multistep: epochs at which the lr drops.
         gamma: multistep: the chained factor when ``factors`` is empty.
         factors: multistep: the lr multiplier after each milestone (number, or ``Fraction`` = ``lr * a / b``).
@@ -188,10 +200,10 @@ class LRSchedule:
             )
         object.__setattr__(self, "factors",
                            tuple(parse_factor(f, f"schedule.factors[{i}]") for i, f in enumerate(self.factors)))
-        if self.cycle_momentum and self.kind != "cyclic":
+        if self.cycle_momentum and self.kind not in CYCLING:
             raise ConfigError(
-                f"schedule.cycle_momentum: true needs schedule.name: cyclic (CyclicLR); {self.kind!r} keeps the "
-                "optimiser's momentum (the official scripts with that schedule do not cycle it)."
+                f"schedule.cycle_momentum: true needs schedule.name: cyclic (CyclicLR) or onecycle (OneCycleLR); "
+                f"{self.kind!r} keeps the optimiser's momentum (the official scripts with that schedule do not cycle it)."
             )
         for name in ("base_momentum", "max_momentum"):
             if not 0.0 <= getattr(self, name) < 1.0:
@@ -213,7 +225,7 @@ class LRSchedule:
                     "betas; set schedule.cycle_momentum: false."
                 )
             return self
-        return dataclasses.replace(self, cycle_momentum=self.kind == "cyclic" and has_momentum(optimizer))
+        return dataclasses.replace(self, cycle_momentum=self.kind in CYCLING and has_momentum(optimizer))
 
     # -- CyclicLR ---------------------------------------------------------------------------------
     def _cyclic_scale(self, step: int) -> float:
@@ -228,6 +240,22 @@ class LRSchedule:
         if x <= step_ratio:
             return x / step_ratio
         return (x - 1) / (step_ratio - 1)
+
+    def _onecycle(self, step: int, start: float, peak: float, end: float) -> float:
+        """OneCycleLR's two-phase cosine value after ``step`` finished steps (same float operations, same order):
+        ``start`` → ``peak`` up to scheduler step ``pct_start·T − 1``, then ``peak`` → ``end`` at ``T − 1``."""
+        if self.at == "epoch":
+            t, total = step // self.steps_per_epoch, self.total_steps // self.steps_per_epoch
+        else:
+            t, total = step, self.total_steps
+        phases = ((float(self.peak * total) - 1, start, peak), (total - 1, peak, end))
+        begin = 0.0
+        for i, (stop, a, b) in enumerate(phases):
+            if t <= stop or i == len(phases) - 1:
+                pct = (t - begin) / (stop - begin)
+                return b + (a - b) / 2.0 * (math.cos(math.pi * pct) + 1)
+            begin = stop
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _position(self, step: int) -> float:
         epoch, i = divmod(step, self.steps_per_epoch)
@@ -262,12 +290,17 @@ class LRSchedule:
             for _ in range(passed):
                 lr = lr * self.gamma  # chained, as MultiStepLR multiplies the group's lr at each milestone
             return lr
+        if self.kind == "onecycle":
+            initial = self.lr / 25.0
+            return self._onecycle(step, initial, self.lr, initial / 1e4)
         t = min(step, self.total_steps)
         return self.lr * 0.5 * (1.0 + math.cos(math.pi * t / self.total_steps))
 
     def momentum(self, step: int) -> float | None:
         """The momentum (beta1) of the step after ``step`` finished steps, or None to leave the optimiser's."""
-        if self.kind != "cyclic" or not self.cycle_momentum:
+        if self.kind not in CYCLING or not self.cycle_momentum:
             return None
+        if self.kind == "onecycle":
+            return self._onecycle(max(int(step), 0), self.max_momentum, self.base_momentum, self.max_momentum)
         scale = self._cyclic_scale(max(int(step), 0))
         return self.max_momentum - (self.max_momentum - self.base_momentum) * scale * 1.0

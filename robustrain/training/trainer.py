@@ -358,9 +358,22 @@ class Trainer:
         gen = torch.Generator(device=self.device).manual_seed(self.seed + 1_000_003)
         attacks = {"robust": self.val_attack} if self.val_attack is not None else {}
         attacks.update(self.extra_val_attacks)  # after "robust": its random starts stay those of earlier runs
-        res = evaluate(self.model, self.val_loader.iterate(0), attacks, generator=gen, amp_dtype=self.amp_dtype,
-                       distributed=self.dist.enabled)
+        res = evaluate(self.eval_model("validation"), self.val_loader.iterate(0), attacks, generator=gen,
+                       amp_dtype=self.amp_dtype, distributed=self.dist.enabled)
         return {f"val_{k}_acc": v for k, v in res.accuracy().items()}
+
+    def eval_model(self, purpose: str) -> nn.Module:
+        """The model validation (``purpose="validation"``) or the final evaluation (``"final"``) uses: a procedure's
+        (:meth:`~.hooks.Procedure.eval_model`, e.g. the EMA or SWA average) or else the training model."""
+        return self._eval_source(purpose)[1]
+
+    def _eval_source(self, purpose: str) -> tuple[str | None, nn.Module]:
+        """(the name of the procedure that provides the model to evaluate, or None; that model)."""
+        for proc in self.procedures:
+            model = proc.eval_model(self.model, purpose)
+            if model is not None:
+                return proc.name, model
+        return None, self.model
 
     def emit(self, event: dict[str, Any]) -> None:
         """Announce an event (e.g. catastrophic overfitting declared) to every callback's ``on_event``."""
@@ -377,8 +390,15 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resume needs (in a process group every rank must call it: it gathers every rank's RNGs)."""
+        """Everything a resume needs (in a process group every rank must call it: it gathers every rank's RNGs).
+
+        ``model`` holds the training weights (a resume continues from them). Where a procedure provides the model
+        to evaluate (weight averaging), ``eval_model`` holds that model's state dict and ``eval_weights`` names the
+        procedure; the final test evaluation and ``robustrain eval`` use it. Its tensors are the procedure's own,
+        so ``torch.save`` writes them once."""
+        source, final = self._eval_source("final")
         return {
+            **({"eval_model": final.state_dict(), "eval_weights": source} if source is not None else {}),
             "version": CHECKPOINT_VERSION,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
