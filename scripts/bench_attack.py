@@ -73,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
                    help="before each repeat wait up to SECONDS until other processes use < 0.1 core "
                         "(a shared machine); every repeat records the CPU other processes used during it")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (on CUDA robustrain's PGD is also timed with the "
+                                                     "reference step, ROBUSTRAIN_KERNELS=reference, beside the fused one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write the numbers to this file")
     p.add_argument("--report", type=Path, nargs="+", default=None, metavar="JSON",
@@ -103,12 +105,23 @@ def pgd_contenders(args: argparse.Namespace, model: torch.nn.Module, x: torch.Te
     ta = torchattacks.PGD(model, eps=EPS, alpha=PGD_STEP, steps=args.steps, random_start=True)
     last = PGD(threat, steps=args.steps, step=PGD_STEP, keep_best=False)
     best = PGD(threat, steps=args.steps, step=PGD_STEP)  # keep_best=True, the default
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = torch.Generator(device=x.device).manual_seed(args.seed)
     out: dict[str, Callable[[], object]] = {
         "torchattacks.PGD": lambda: ta(x, y),
         "robustrain PGD keep_best=False": lambda: last(model, x, y, generator=gen),
         "robustrain PGD keep_best=True": lambda: best(model, x, y, generator=gen),
     }
+    if x.device.type == "cuda":  # the fused Triton step is the default there; the eager reference step beside it
+        from robustrain import kernels
+
+        def reference_step() -> object:
+            os.environ[kernels.ENV_VAR] = "reference"
+            try:
+                return last(model, x, y, generator=gen)
+            finally:
+                os.environ.pop(kernels.ENV_VAR, None)
+
+        out["robustrain PGD keep_best=False kernels=reference"] = reference_step
     if args.compile:
         comp = PGD(threat, steps=args.steps, step=PGD_STEP, keep_best=False, compile=True)
         out["robustrain PGD keep_best=False compile=True"] = lambda: comp(model, x, y, generator=gen)
@@ -246,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
           f"(cpu_count {env['cpu_count']}), CPU: {env['cpu_model']}, load avg {env['load_avg_start']}")
     print(f"PreActResNet-18 width {args.width}, batch {args.batch}, data {args.data}, "
           f"channels_last {args.channels_last}, compile {args.compile}")
-    x, y = batch_of(args)
-    model = make_model(args)
+    x, y = (t.to(args.device) for t in batch_of(args))
+    model = make_model(args).to(args.device)
     result: dict = {"command": " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
                     "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                     "environment": env}
@@ -257,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         model.eval()
         baseline = "torchattacks.PGD"
         times, others = run_interleaved(pgd_contenders(args, model, x, y), args.warmup, args.repeats, "pgd",
-                                        args.wait_idle)
+                                        args.wait_idle, device=args.device)
         result["pgd"] = {"baseline": baseline, "target": 1.15, "repeats": args.repeats,
                          "other_process_cores": others, "contenders": summarise(times, baseline, args.batch)}
         print_table(f"PGD-{args.steps} L-inf 8/255, model in eval mode, {args.repeats} repeats",
@@ -266,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "train"):
         baseline = "hand-written FGSM-RS step (full backward in attack)"
         times, others = run_interleaved(train_contenders(args, model, x, y), args.warmup, train_repeats,
-                                        "train", args.wait_idle)
+                                        "train", args.wait_idle, device=args.device)
         result["train"] = {"baseline": baseline, "target": 1.25, "repeats": train_repeats,
                            "other_process_cores": others, "contenders": summarise(times, baseline, args.batch)}
         print_table(f"FGSM-RS training step, {train_repeats} repeats", result["train"]["contenders"],

@@ -30,8 +30,14 @@ from conftest import digits_batch, make_digits_model
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
 CUDA = torch.cuda.is_available() and not INTERPRETER
 DEVICE = "cuda" if CUDA else "cpu"
-fused = pytest.mark.skipif(not (INTERPRETER or CUDA),
-                           reason="runs in the TRITON_INTERPRET=1 subprocess (or here on a CUDA device)")
+_runs_fused = pytest.mark.skipif(not (INTERPRETER or CUDA),
+                                 reason="runs in the TRITON_INTERPRET=1 subprocess (or here on a CUDA device)")
+
+
+def fused(test):
+    """A kernel-parity test: on a CUDA device (selected by ``-m gpu``, as scripts/gpu_check.sh does) or through the
+    Triton interpreter."""
+    return pytest.mark.gpu(_runs_fused(test))
 
 SHAPES = [(1, 3, 5, 7), (129, 3, 5, 7), (3, 1, 67, 65)]  # odd sizes; the last has D = 4355 > one L2 block
 DTYPES = [torch.float32, torch.bfloat16]
