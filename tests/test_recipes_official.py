@@ -41,6 +41,13 @@ RECIPES = {
         "name": "multistep", "milestones": [100, 150], "factors": [0.1, 0.01], "count_from": 1},
         {"name": "trades", "bn_mode": "eval", "clip_init": False}, False,
         {"train.epochs": 200, "weight_perturbation.warmup_epochs": 9, "weight_perturbation.gamma": 0.005}),
+    "cifar10_dom_pgd_re": ("tmllab/2024_ICLR_DOM DOM.py@9b4cadb", {
+        "name": "multistep", "milestones": [100, 150], "factors": ["1/10", "1/100"], "at": "epoch", "count_from": 0},
+        {"name": "pgd", "steps": 10, "keep_best": False, "update_bn_stats": True, "first_batch_bn_mode": "eval"}, True,
+        {"train.epochs": 200, "optim.lr": 0.1}),
+    "cifar10_dom_fgsm_re": ("tmllab/2024_ICLR_DOM DOM.py@9b4cadb", {"name": "interp", "peak": 0.5},
+                            {"name": "fgsm_rs", "update_bn_stats": True, "first_batch_bn_mode": "eval"}, True,
+                            {"train.epochs": 100, "optim.lr": 0.2}),
     "mnist_fgsm_rs": ("locuslab/fast_adversarial MNIST/train_mnist.py@54f7287", WONG_MNIST,
                       {"name": "fgsm_rs", "step": 0.375, "clip_init": False}, False,
                       {"train.epochs": 10, "optim.name": "adam", "optim.lr": 5e-3, "optim.weight_decay": 0.0,

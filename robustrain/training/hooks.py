@@ -137,6 +137,7 @@ class Procedure:
 
     Per epoch and step, where the Trainer calls them::
 
+        setup(epochs=, steps_per_epoch=)            once, when the Trainer is built (the length of the training)
         on_epoch_start(model, optimizer, epoch)     at the first batch of an epoch (not again on a mid-epoch resume)
         per batch:
           select(model, x, y, epoch=, step=, generator=) -> keep | None     before the attack (data selection)
@@ -169,6 +170,11 @@ class Procedure:
     """
 
     name = "procedure"
+
+    def setup(self, *, epochs: int, steps_per_epoch: int) -> None:
+        """The training's length, given once by the Trainer when it is built (before any other hook): a procedure
+        whose schedule is a fraction of the training (DOM acts from half of it) reads it here. Within an epoch the
+        batch index of a step is ``step - epoch * steps_per_epoch``."""
 
     def on_epoch_start(self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> None:
         """Before the epoch's first batch."""

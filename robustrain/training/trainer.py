@@ -127,6 +127,8 @@ class Trainer:
         self.should_stop = False
         self.lr_scale = 1.0  # a remedy (e.g. the overfitting monitor's) may lower the scheduled lr
         self.remedies: list[dict[str, Any]] = []  # the specs of the remedies applied (in this process), in order
+        for proc in self.procedures:
+            proc.setup(epochs=self.epochs, steps_per_epoch=self.steps_per_epoch)
 
     # -- properties ----------------------------------------------------------------------------------
     @property

@@ -1,0 +1,64 @@
+"""A method against its baseline on MNIST at CPU scale: train a recipe and its variants, then the table and plot.
+
+    python scripts/study_mnist.py dom --recipe mnist_fgsm_rs \
+        --variant baseline= \
+        --variant "dom_re=procedures=[{name: dom, threshold: 0.01}]"
+
+Each ``--variant NAME=OVERRIDES`` trains ``configs/<recipe>.yaml`` with the overrides (``;``-separated ``key=value``
+as ``--set`` takes them; empty: the recipe itself) into ``runs/<study>_mnist/NAME`` (skipped when its summary.json
+exists), evaluates zero-init FGSM on its last checkpoint, and ``scripts/plot_runs.py`` writes
+``results/studies/<study>_mnist.md`` / ``.png`` with this command and the runs' commits.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(cmd: list[str]) -> None:
+    print("$", shlex.join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("study", help="the study's name (runs/<study>_mnist, results/studies/<study>_mnist.*)")
+    p.add_argument("--recipe", required=True, help="the baseline recipe, configs/<recipe>.yaml")
+    p.add_argument("--variant", action="append", required=True, help="NAME=OVERRIDES (';'-separated key=value)")
+    p.add_argument("--mnist-root", default=os.environ.get("MNIST_ROOT", "../shared/data/mnist"))
+    p.add_argument("--title", default=None)
+    p.add_argument("--extra-eval", action="append", default=[],
+                   help="NAME=ATTACK: also evaluate each last checkpoint with this attack (e.g. beta=beta)")
+    args = p.parse_args()
+    py = sys.executable
+    out = ROOT / "runs" / f"{args.study}_mnist"
+    names = []
+    for spec in args.variant:
+        name, _, overrides = spec.partition("=")
+        names.append(name)
+        run_dir = out / name
+        sets = [s.strip() for s in overrides.split(";") if s.strip()]
+        if not (run_dir / "summary.json").is_file():
+            run([py, "-m", "robustrain.cli", "train", "-c", f"configs/{args.recipe}.yaml", "--run-dir", str(run_dir),
+                 "--set", f"data.root={args.mnist_root}", "--set", "train.progress=false",
+                 *[a for s in sets for a in ("--set", s)]])
+        run([py, "-m", "robustrain.cli", "eval", str(run_dir), "--checkpoint", "last", "--attack", "fgsm",
+             "--n-ex", "1000", "--data-root", args.mnist_root, "--out", str(run_dir / "eval_fgsm_last.json")])
+        for extra in args.extra_eval:
+            label, _, attack = extra.partition("=")
+            run([py, "-m", "robustrain.cli", "eval", str(run_dir), "--checkpoint", "last", "--attack", attack,
+                 "--n-ex", "1000", "--data-root", args.mnist_root, "--out", str(run_dir / f"eval_{label}_last.json")])
+    command = shlex.join(["python", "scripts/study_mnist.py", *sys.argv[1:]])
+    run([py, "scripts/plot_runs.py", str(out), "--methods", *names,
+         "--out", f"results/studies/{args.study}_mnist",
+         "--title", args.title or f"MNIST, {args.recipe} and {args.study}", "--command", command])
+
+
+if __name__ == "__main__":
+    main()
