@@ -17,7 +17,9 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError, closest
+from .errors import ConfigError, did_you_mean, unknown_key
+from .registry import BEHAVIOURS, Registry, choice
+from .threat import THREAT_MODELS
 from .threat import check_radius as _check_radius
 
 
@@ -59,6 +61,9 @@ class ThreatConfig:
 
     norm: str = "linf"
     eps: float = 8 / 255
+
+
+OPTIMISERS = ("sgd", "adam", "adamw")
 
 
 @dataclass
@@ -264,12 +269,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
         if key not in names:
-            hint = closest(str(key), names)
-            raise ConfigError(
-                f"unknown config key {path!r}"
-                + (f"; did you mean {(where + '.' if where else '') + hint!r}?" if hint else ".")
-                + f" Valid keys{' of ' + where if where else ''}: {', '.join(names)}."
-            )
+            raise unknown_key(key, names, where)
         kwargs[key] = _convert(value, hints[key], path)
     obj = cls()
     for key, value in kwargs.items():
@@ -280,83 +280,55 @@ def _build(cls: type, data: Any, where: str) -> Any:
     return obj
 
 
-WANDB_MODES = ("auto", "online", "offline", "disabled")
-
-
 # -- validation -----------------------------------------------------------------------------------------
-def check_section(kind: str, registry: dict, section: Any, where: str, norm: str,
-                  hidden: tuple[str, ...] = ()) -> None:
-    """Check a ``{name: ..., option: value}`` section against ``registry[name]``'s options and parse its
-    numbers (fractions allowed) in place; radii and steps above 1 under L∞ are refused with a hint."""
-    from .registry import keyword_arguments, takes_number
+def check_section(registry: Registry, section: Any, where: str, norm: str, hidden: tuple[str, ...] = ()) -> None:
+    """Check a ``{name: ..., option: value}`` section against the registry entry's options and parse its numbers
+    (fractions allowed) in place; radii and steps above 1 under L∞ are refused with a hint."""
+    from .registry import takes_number
 
-    if not isinstance(section, dict) or "name" not in section:
-        raise ConfigError(f"{where} must be a mapping with a 'name'; one of: {', '.join(sorted(registry))}; got {section!r}.")
-    name = section["name"]
-    if name not in registry:
-        hint = closest(str(name), registry)
-        raise ConfigError(
-            f"{where}.name = {name!r} is not a known {kind}; expected one of: {', '.join(sorted(registry)) or 'none yet'}."
-            + (f" Did you mean {hint!r}?" if hint else "")
-        )
-    params = {k: p for k, p in keyword_arguments(registry[name]).items() if k not in hidden}
+    if not isinstance(section, dict) or registry.key not in section:
+        raise ConfigError(f"{where} must be a mapping with a {registry.key!r}; one of: {', '.join(registry)}; "
+                          f"got {section!r}.")
+    name = section[registry.key]
+    params = registry.check(name, (), where, hidden)
     if "behaviour" in section:
-        check_behaviour(kind, registry, name, section["behaviour"], where, "behaviour" in params)
+        check_behaviour(registry, name, section["behaviour"], where, "behaviour" in params)
+    registry.check(name, [k for k in section if k != registry.key], where, hidden)
     for key, value in section.items():
-        if key == "name":
-            continue
-        if key not in params:
-            hint = closest(str(key), params)
-            raise ConfigError(
-                f"unknown key {where + '.' + key!r} for {kind} {name!r}"
-                + (f"; did you mean {where + '.' + hint!r}?" if hint else ".")
-                + f" Valid keys: name, {', '.join(params)}."
-            )
-        if value is not None and takes_number(params[key]):
+        if key != registry.key and value is not None and takes_number(params[key]):
             section[key] = parse_number(value, f"{where}.{key}")
             if key in ("step", "eps"):
                 _check_radius(section[key], f"{where}.{key}", norm)
 
 
-BEHAVIOURS = ("paper", "code")
-
-
-def check_behaviour(kind: str, registry: dict, name: str, value: Any, where: str, has_switch: bool) -> None:
+def check_behaviour(registry: Registry, name: str, value: Any, where: str, has_switch: bool) -> None:
     """``behaviour`` is only for methods whose paper and official code train differently (the class takes a
     ``behaviour`` argument; its choices are the class's ``behaviours``, default paper | code); anything else is a
     config error naming the choices, or the methods that have the switch."""
-    from .registry import keyword_arguments
-
-    cls = registry[name]
+    kind, cls = registry.kind, registry[name]
     if not has_switch:
-        with_switch = sorted(n for n, c in registry.items() if "behaviour" in keyword_arguments(c))
+        with_switch = [n for n in registry if "behaviour" in registry.options(n)]
         note = getattr(cls, "behaviour_note", "")
         raise ConfigError(
             f"{where}.behaviour: {kind} {name!r} has no paper/code behaviour switch"
             + (f" ({note})" if note else "") + "; remove the key. "
-            + (f"{kind.capitalize()}s with one (behaviour: {' | '.join(BEHAVIOURS)}): {', '.join(with_switch)}."
+            + (f"{kind.capitalize()}s with one (behaviour: {' | '.join(BEHAVIOURS)}): {', '.join(sorted(with_switch))}."
                if with_switch else f"No {kind} has one.")
         )
-    choices = tuple(getattr(cls, "behaviours", BEHAVIOURS))
-    if value not in choices:
-        hint = closest(str(value), choices)
-        raise ConfigError(
-            f"{where}.behaviour = {value!r} is not a behaviour of {kind} {name!r}; expected one of: {', '.join(choices)}."
-            + (f" Did you mean {hint!r}?" if hint else "")
-        )
+    choice(f"behaviour of {kind} {name!r}", value, getattr(cls, "behaviours", BEHAVIOURS), f"{where}.behaviour")
 
 
 def check_attack_section(section: dict, where: str, norm: str) -> None:
     from .attacks import ATTACKS
 
-    check_section("attack", ATTACKS, section, where, norm, hidden=("loss_fn", "amp_dtype"))
+    check_section(ATTACKS, section, where, norm, hidden=("loss_fn", "amp_dtype"))
 
 
 def _check_objective_and_perturbation(cfg: Config) -> None:
     from .perturbation import WEIGHT_PERTURBATIONS
     from .training.objectives import OBJECTIVES
 
-    check_section("objective", OBJECTIVES, cfg.objective, "objective", cfg.threat.norm)
+    check_section(OBJECTIVES, cfg.objective, "objective", cfg.threat.norm)
     smoothing = cfg.objective.get("label_smoothing")
     if cfg.train.label_smoothing and (cfg.objective["name"] != "ce" or smoothing not in (None, cfg.train.label_smoothing)):
         raise ConfigError(
@@ -364,8 +336,7 @@ def _check_objective_and_perturbation(cfg: Config) -> None:
             "smoothing belongs to the ce objective; set it in one place (objective.label_smoothing)."
         )
     if cfg.weight_perturbation is not None:
-        check_section("weight perturbation", WEIGHT_PERTURBATIONS, cfg.weight_perturbation, "weight_perturbation",
-                      cfg.threat.norm)
+        check_section(WEIGHT_PERTURBATIONS, cfg.weight_perturbation, "weight_perturbation", cfg.threat.norm)
     _check_procedures(cfg)
 
 
@@ -377,7 +348,7 @@ def _check_procedures(cfg: Config) -> None:
     cfg.procedures = [{"name": p} if isinstance(p, str) else p for p in cfg.procedures]  # a bare name: no options
     evaluated = []
     for i, section in enumerate(cfg.procedures):
-        check_section("training procedure", PROCEDURES, section, f"procedures[{i}]", cfg.threat.norm)
+        check_section(PROCEDURES, section, f"procedures[{i}]", cfg.threat.norm)
         options = {k: v for k, v in section.items() if k != "name"}
         try:  # the constructor checks the values (ranges, choices): a bad one fails here, before anything is built
             PROCEDURES[section["name"]](**options)
@@ -392,10 +363,7 @@ def _check_procedures(cfg: Config) -> None:
 
 def validate(cfg: Config) -> Config:
     """Cross-field checks; raises ConfigError with a fix for each problem."""
-    cfg.threat.norm = str(cfg.threat.norm).lower()
-    if cfg.threat.norm not in ("linf", "l2"):
-        hint = closest(cfg.threat.norm, ["linf", "l2"])
-        raise ConfigError(f"threat.norm = {cfg.threat.norm!r}; expected linf or l2." + (f" Did you mean {hint!r}?" if hint else ""))
+    cfg.threat.norm = choice("threat-model norm", str(cfg.threat.norm).lower(), THREAT_MODELS, "threat.norm")
     _check_radius(cfg.threat.eps, "threat.eps", cfg.threat.norm)
     for where in ("attack", "validation.attack", "eval.attack"):
         section = cfg.attack if where == "attack" else getattr(cfg, where.split(".")[0]).attack
@@ -408,12 +376,12 @@ def validate(cfg: Config) -> Config:
     from .regularisers import REGULARISERS
 
     for i, section in enumerate(cfg.regularisers):
-        check_section("regulariser", REGULARISERS, section, f"regularisers[{i}]", cfg.threat.norm)
+        check_section(REGULARISERS, section, f"regularisers[{i}]", cfg.threat.norm)
     _check_objective_and_perturbation(cfg)
+    from .training.monitor import ACTIONS
+
     m = cfg.monitor
-    if m.action not in ("warn", "stop", "rollback"):
-        hint = closest(m.action, ["warn", "stop", "rollback"])
-        raise ConfigError(f"monitor.action = {m.action!r}; expected warn, stop or rollback." + (f" Did you mean {hint!r}?" if hint else ""))
+    choice("monitor action", m.action, ACTIONS, "monitor.action")
     if m.enabled and cfg.data.val_size < 1:
         raise ConfigError("monitor.enabled needs a held-out validation split: set data.val_size (e.g. 1000 for CIFAR).")
     if not 0.0 < m.false_alarm < 1.0:
@@ -424,29 +392,7 @@ def validate(cfg: Config) -> Config:
         for spec in m.rules:
             build_rule(spec)  # unknown rule names and options raise here
     if m.remedy:
-        kind = m.remedy.get("kind")
-        if kind == "attack":
-            from .attacks import ATTACKS
-
-            check_section("attack", ATTACKS, {k: v for k, v in m.remedy.items() if k != "kind"}, "monitor.remedy",
-                          cfg.threat.norm, hidden=("loss_fn", "amp_dtype", "bn_mode"))
-        elif kind == "regulariser":
-            from .regularisers import REGULARISERS
-
-            check_section("regulariser", REGULARISERS, {k: v for k, v in m.remedy.items() if k != "kind"},
-                          "monitor.remedy", cfg.threat.norm)
-        elif kind == "lr":
-            from .training.remedies import REMEDIES
-
-            section = {"name": "lr", **{k: v for k, v in m.remedy.items() if k != "kind"}}
-            check_section("remedy", REMEDIES, section, "monitor.remedy", cfg.threat.norm)  # parses numbers in place
-            m.remedy = {"kind": "lr", **{k: v for k, v in section.items() if k != "name"}}
-        else:
-            from .training.remedies import REMEDIES
-
-            hint = closest(str(kind), REMEDIES)
-            raise ConfigError(f"monitor.remedy.kind = {kind!r}; expected one of: {', '.join(REMEDIES)}."
-                              + (f" Did you mean {hint!r}?" if hint else ""))
+        _check_remedy(m.remedy, cfg.threat.norm)
     if m.action == "rollback" and not m.remedy:
         raise ConfigError("monitor.action: rollback needs monitor.remedy, e.g. {kind: lr, factor: 0.5} or {kind: attack, name: nfgsm}.")
     if cfg.train.epochs < 1:
@@ -458,18 +404,33 @@ def validate(cfg: Config) -> Config:
             f"train.amp = {cfg.train.amp!r}; expected null (fp32) or bf16 (fp16 would need loss scaling, which "
             "robustrain does not do; bf16 needs none)."
         )
-    if cfg.wandb.mode not in WANDB_MODES:
-        hint = closest(cfg.wandb.mode, WANDB_MODES)
-        raise ConfigError(f"wandb.mode = {cfg.wandb.mode!r}; expected one of {', '.join(WANDB_MODES)}."
-                          + (f" Did you mean {hint!r}?" if hint else ""))
+    from .tracking.wandb_logger import MODES
+
+    choice("wandb mode", cfg.wandb.mode, ("auto", *MODES), "wandb.mode")
     if not all(isinstance(t, str) and t for t in cfg.wandb.tags):
         raise ConfigError(f"wandb.tags must be a list of non-empty strings, got {cfg.wandb.tags!r}.")
-    if cfg.optim.name not in ("sgd", "adam", "adamw"):
-        hint = closest(cfg.optim.name, ["sgd", "adam", "adamw"])
-        raise ConfigError(f"optim.name = {cfg.optim.name!r}; expected sgd, adam or adamw." + (f" Did you mean {hint!r}?" if hint else ""))
+    choice("optimiser", cfg.optim.name, OPTIMISERS, "optim.name")
     _check_schedule(cfg)
     _check_bn_updates(cfg)
     return cfg
+
+
+def _check_remedy(remedy: dict, norm: str) -> None:
+    """A ``monitor.remedy`` section: its kind, then the options of what it builds (an attack, a regulariser) or its
+    own (numbers parsed in place)."""
+    from .attacks import ATTACKS
+    from .regularisers import REGULARISERS
+    from .training.remedies import REMEDIES
+
+    kind = remedy.get("kind")
+    REMEDIES.check(kind, (), "monitor.remedy")
+    rest = {k: v for k, v in remedy.items() if k != "kind"}
+    if kind == "attack":
+        check_section(ATTACKS, rest, "monitor.remedy", norm, hidden=("loss_fn", "amp_dtype", "bn_mode"))
+    elif kind == "regulariser":
+        check_section(REGULARISERS, rest, "monitor.remedy", norm)
+    else:
+        check_section(REMEDIES, remedy, "monitor.remedy", norm)
 
 
 def _check_schedule(cfg: Config) -> None:
@@ -502,7 +463,9 @@ def _check_bn_updates(cfg: Config) -> None:
         if section.get("first_batch_bn_mode") is not None:
             raise ConfigError(f"{where}.first_batch_bn_mode is a training-attack option (the first batch of each "
                               f"epoch); validation and evaluation attacks always run in eval mode: remove it.")
-    if cfg.attack.get("first_batch_bn_mode") not in (None, "eval", "train"):
+    from .attacks.base import BN_MODES
+
+    if cfg.attack.get("first_batch_bn_mode") not in (None, *BN_MODES):
         raise ConfigError(f"attack.first_batch_bn_mode = {cfg.attack['first_batch_bn_mode']!r}; expected null, eval "
                           "or train (eval: the AWP / RWP loops' first batch of every epoch after the first).")
 
@@ -603,11 +566,10 @@ def _read_recipe(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[str, s
             )
         if not base.is_file():
             siblings = sorted(str(p.relative_to(path.parent)) for p in path.parent.glob("**/*.yaml"))
-            hint = closest(entry, siblings)
             raise ConfigError(
                 f"defaults entry {entry!r} of {str(path)!r}: {str(base)!r} does not exist (defaults chain: "
                 f"{_chain_text((*chain, base))}); paths are relative to the folder of the file that lists them."
-                + (f" Did you mean {hint!r}?" if hint else "")
+                + did_you_mean(entry, siblings)
             )
         base_data, base_origin = _read_recipe(base, chain)
         _deep_merge(merged, origin, base_data, base_origin)

@@ -5,7 +5,7 @@ Every message says what was received, what was expected and how to fix it.
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from typing import Any, Iterable, Sequence
 
 
 class RobustrainError(Exception):
@@ -16,8 +16,9 @@ class ConfigError(RobustrainError, ValueError):
     """A config value or key is invalid."""
 
 
-class UnknownNameError(RobustrainError, KeyError):
-    """A name (model, attack, dataset, ...) is not registered."""
+class UnknownNameError(ConfigError, KeyError):
+    """A name (model, attack, dataset, ...) is not registered, or a value is not one of its choices (a config error
+    and a KeyError)."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
@@ -39,17 +40,44 @@ class KernelUnavailableError(RobustrainError, RuntimeError):
     """The fused (Triton) kernels were forced where they cannot run."""
 
 
-def closest(name: str, choices: Iterable[str]) -> str | None:
-    """The closest valid name to ``name``, or None when nothing is close."""
-    matches = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.5)
+# -- the messages for an unknown name, value or key (robustrain.registry raises them; no other copy) ----------
+def suggestion(value: Any, choices: Iterable[Any]) -> str | None:
+    """The choice closest in spelling to ``value`` (one of ``choices``), or None when none is close."""
+    names = [str(c) for c in choices]
+    matches = difflib.get_close_matches(str(value), names, n=1, cutoff=0.5)
     return matches[0] if matches else None
 
 
+def did_you_mean(value: Any, choices: Iterable[Any]) -> str:
+    """`` Did you mean 'x'?`` for the closest choice, or nothing."""
+    hint = suggestion(value, choices)
+    return f" Did you mean {hint!r}?" if hint else ""
+
+
+def unknown_choice(kind: str, value: Any, choices: Iterable[Any], where: str | None = None) -> UnknownNameError:
+    """The error for ``value`` not among ``choices`` (in their order): what was received (at ``where``, a config
+    key), the choices, and the closest one. An :class:`UnknownNameError` is both a ConfigError and a KeyError."""
+    listed = [str(c) for c in choices]
+    head = f"{where} = {value!r} is not a known {kind}" if where else f"unknown {kind} {value!r}"
+    return UnknownNameError(f"{head}; expected one of: {', '.join(listed) or 'none yet'}."
+                            + did_you_mean(value, listed))
+
+
+def unknown_key(key: Any, valid: Sequence[str], where: str | None = None, owner: str | None = None) -> ConfigError:
+    """The error for a key (a config key or an option) not among ``valid``: the key with its path ``where``, the
+    closest valid one and the valid keys. ``owner`` names what the keys belong to (``"attack 'pgd'"``)."""
+    prefix = f"{where}." if where else ""
+    hint = suggestion(key, valid)
+    return ConfigError(
+        f"unknown key {prefix + str(key)!r}" + (f" for {owner}" if owner else "")
+        + (f"; did you mean {prefix + hint!r}?" if hint else ".")
+        + f" Valid keys{' of ' + where if where and not owner else ''}: {', '.join(valid) or 'none'}."
+    )
+
+
+closest = suggestion  # the names used before robustrain.registry.Registry
+
+
 def unknown_name(kind: str, name: str, choices: Iterable[str]) -> UnknownNameError:
-    """Build the error for an unknown ``kind`` called ``name`` that lists the valid ``choices``."""
-    choices = sorted(choices)
-    hint = closest(name, choices)
-    msg = f"unknown {kind} {name!r}; expected one of: {', '.join(choices)}."
-    if hint is not None:
-        msg += f" Did you mean {hint!r}?"
-    return UnknownNameError(msg)
+    """:func:`unknown_choice` with the choices sorted."""
+    return unknown_choice(kind, name, sorted(choices))

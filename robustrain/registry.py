@@ -1,18 +1,46 @@
-"""Name → class registries with argument checking, shared by attacks and regularisers.
+"""Named things, one way: :class:`Registry` for classes and factories, :func:`choice` for plain values.
 
-A registered class takes its positional inputs (e.g. the threat model) and keyword-only options; a config
-section ``{name: ..., option: value}`` is checked against those options before anything is built.
+Every kind of named thing (attacks, models, datasets, regularisers, weight perturbations, objectives, schedules,
+training procedures, remedies, monitor rules, AutoAttack backends) is a :class:`Registry` at its package; each entry
+is registered at its definition with ``@REGISTRY.register`` (under its ``name`` attribute, or a name given to the
+decorator). A registry checks a name and its options before anything is built: the options are the keyword-only
+arguments of the entry's constructor (its own and its bases'), so a config section ``{name: ..., option: value}``
+is checked against the code that will receive it.
+
+The messages for an unknown name, an unknown value of a plain enumeration and an unknown key come from
+:func:`robustrain.errors.unknown_choice` and :func:`robustrain.errors.unknown_key` and nowhere else: they say what
+was received, list the choices, and add one "did you mean" when a choice is close.
 """
 from __future__ import annotations
 
 import inspect
-from typing import Any, Mapping
+from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, TypeVar, overload
 
-from .errors import ConfigError, closest, unknown_name
+from .errors import unknown_choice, unknown_key
+
+T = TypeVar("T")
+
+BEHAVIOURS = ("paper", "code")
+"""The values of a method's ``behaviour`` switch (paper and official code train differently): a class that has the
+switch takes a ``behaviour`` keyword argument and may narrow the choices with a ``behaviours`` attribute."""
 
 
-def keyword_arguments(cls: type) -> dict[str, inspect.Parameter]:
-    """Keyword-only arguments of ``cls`` and its bases' constructors, in definition order."""
+# -- plain values -------------------------------------------------------------------------------------------
+def choice(kind: str, value: Any, choices: Iterable[Any], where: str | None = None) -> Any:
+    """``value`` if it is one of ``choices``, else the :func:`unknown_choice` error (a plain enumeration such as
+    ``threat.norm``, ``monitor.action`` or ``optim.name``)."""
+    choices = list(choices)
+    if value not in choices:
+        raise unknown_choice(kind, value, choices, where)
+    return value
+
+
+# -- options ------------------------------------------------------------------------------------------------
+def keyword_arguments(cls: Any) -> dict[str, inspect.Parameter]:
+    """Keyword-only arguments of a class's constructors (its own and its bases', in definition order), or of a
+    function."""
+    if not isinstance(cls, type):
+        return {p.name: p for p in inspect.signature(cls).parameters.values() if p.kind is p.KEYWORD_ONLY}
     params: dict[str, inspect.Parameter] = {}
     for klass in cls.__mro__:
         if klass is object or "__init__" not in vars(klass):
@@ -28,24 +56,135 @@ def takes_number(param: inspect.Parameter) -> bool:
     return "float" in str(param.annotation)
 
 
-def check_options(kind: str, registry: Mapping[str, type], name: str, options: Mapping[str, Any],
+class Registry(Mapping[str, T], Generic[T]):
+    """Name → class (or factory) of one ``kind``, filled by ``@registry.register`` at each definition.
+
+    Args:
+        kind: what the entries are, for messages ("attack", "monitor rule").
+        key: the attribute an entry is registered under when the decorator gets no name (``name``; the remedies
+            use ``kind``), also the key of the name in a config section. Entries without it (functions) are
+            registered under their ``__name__``.
+        base: entries must be subclasses of this class.
+        options: an entry's options, name → parameter (default :func:`keyword_arguments`).
+        validate: called with (name, entry) before registering; raises for an entry that cannot work.
+
+    Reading: ``name in registry``, ``registry[name]`` / :meth:`get` (an unknown name raises the
+    :func:`unknown_choice` error), iteration and :meth:`names` in registration order.
+    """
+
+    def __init__(self, kind: str, *, key: str = "name", base: type | None = None,
+                 options: Callable[[Any], Mapping[str, inspect.Parameter]] = keyword_arguments,
+                 validate: Callable[[str, Any], None] | None = None):
+        self.kind, self.key, self.base = kind, key, base
+        self._options, self._validate = options, validate
+        self._entries: dict[str, T] = {}
+
+    # -- registering --------------------------------------------------------------------------------------
+    @overload
+    def register(self, entry: str | None = None, *, name: str | None = None) -> Callable[[T], T]: ...
+
+    @overload
+    def register(self, entry: T, *, name: str | None = None) -> T: ...
+
+    def register(self, entry: Any = None, *, name: str | None = None) -> Any:
+        """Register ``entry`` (a decorator: ``@R.register``, ``@R.register("pgd")`` or ``@R.register(name=...)``);
+        returns it unchanged. A name already taken is refused."""
+        if entry is None or isinstance(entry, str):
+            given = entry if isinstance(entry, str) else name
+            return lambda obj: self.register(obj, name=given)
+        if name is None:
+            attr = getattr(entry, self.key, None)
+            name = attr if isinstance(attr, str) else getattr(entry, "__name__", None)
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{self.kind} registry: {entry!r} has no {self.key!r}; give one, "
+                            f"@register(\"my_{self.kind.split()[-1]}\").")
+        if self.base is not None and not (isinstance(entry, type) and issubclass(entry, self.base)):
+            raise TypeError(f"{self.kind} {name!r}: {entry!r} is not a {self.base.__name__} subclass.")
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is registered twice ({_where(self._entries[name])} and "
+                             f"{_where(entry)}); rename one of them.")
+        if self._validate is not None:
+            self._validate(name, entry)
+        self._entries[name] = entry
+        return entry
+
+    # -- reading ------------------------------------------------------------------------------------------
+    def __getitem__(self, name: str) -> T:
+        try:
+            return self._entries[name]
+        except (KeyError, TypeError):
+            raise unknown_choice(self.kind, name, self._entries) from None
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        """The entry ``name``; an unknown name raises with the choices unless a ``default`` is given."""
+        if default is not None and name not in self:
+            return default
+        return self[name]
+
+    def __contains__(self, name: object) -> bool:
+        try:
+            return name in self._entries
+        except TypeError:  # unhashable
+            return False
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._entries))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}: {', '.join(self._entries)})"
+
+    def names(self) -> tuple[str, ...]:
+        """The registered names, in registration order."""
+        return tuple(self._entries)
+
+    def options(self, name: str, hidden: Iterable[str] = ()) -> dict[str, inspect.Parameter]:
+        """The options entry ``name`` accepts (name → parameter), less ``hidden`` ones."""
+        hidden = set(hidden)
+        return {k: p for k, p in self._options(self[name]).items() if k not in hidden}
+
+    # -- checking and building ----------------------------------------------------------------------------
+    def check(self, name: Any, options: Iterable[str] = (), where: str | None = None,
+              hidden: Iterable[str] = ()) -> dict[str, inspect.Parameter]:
+        """Raise for an unknown ``name`` or an option the entry does not take; return the accepted options.
+        ``where`` is the config section the name and options come from (``"attack"``, ``"regularisers[0]"``)."""
+        if name not in self:
+            raise unknown_choice(self.kind, name, self._entries, f"{where}.{self.key}" if where else None)
+        params = self.options(name, hidden)
+        for key in options:
+            if key not in params:
+                valid = [self.key, *params] if where else list(params)
+                raise unknown_key(key, valid, where, owner=f"{self.kind} {name!r}")
+        return params
+
+    def build(self, name: str, *args: Any, **options: Any) -> Any:
+        """A fresh ``registry[name](*args, **options)`` after :meth:`check`."""
+        self.check(name, options)
+        return self._entries[name](*args, **options)  # type: ignore[operator]
+
+
+def _where(entry: Any) -> str:
+    return f"{getattr(entry, '__module__', '?')}.{getattr(entry, '__qualname__', repr(entry))}"
+
+
+# -- the functions the plain-dict registries used (kept for code written against them) -----------------------
+def check_options(kind: str, registry: Mapping[str, Any], name: str, options: Mapping[str, Any],
                   where: str | None = None, hidden: tuple[str, ...] = ()) -> list[str]:
-    """Raise for an unknown ``name`` or option; return the valid option names."""
-    if name not in registry:
-        raise unknown_name(kind, name, registry)
-    valid = [a for a in keyword_arguments(registry[name]) if a not in hidden]
-    for key in options:
-        if key not in valid:
-            hint = closest(str(key), valid)
-            label = f"{where}.{key}" if where else key
-            raise ConfigError(
-                f"{kind} {name!r} got an unknown argument {label!r}; it accepts: {', '.join(valid) or 'none'}."
-                + (f" Did you mean {(where + '.' if where else '') + hint!r}?" if hint else "")
-            )
-    return valid
+    """Raise for an unknown ``name`` or option of ``registry``; return the valid option names."""
+    reg = registry if isinstance(registry, Registry) else _adhoc(kind, registry)
+    return list(reg.check(name, options, where, hidden))
 
 
-def build(kind: str, registry: Mapping[str, type], name: str, *args: Any, **options: Any) -> Any:
+def build(kind: str, registry: Mapping[str, Any], name: str, *args: Any, **options: Any) -> Any:
     """A fresh ``registry[name](*args, **options)`` after :func:`check_options`."""
-    check_options(kind, registry, name, options)
-    return registry[name](*args, **options)
+    reg = registry if isinstance(registry, Registry) else _adhoc(kind, registry)
+    return reg.build(name, *args, **options)
+
+
+def _adhoc(kind: str, entries: Mapping[str, Any]) -> Registry:
+    reg: Registry = Registry(kind)
+    for name, entry in entries.items():
+        reg.register(entry, name=name)
+    return reg

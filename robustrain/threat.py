@@ -12,7 +12,8 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
-from .errors import ConfigError, unknown_name
+from .errors import ConfigError
+from .registry import choice
 
 
 def _per_example(v: Tensor, like: Tensor) -> Tensor:
@@ -170,6 +171,4 @@ def make_threat(norm: str, eps: float) -> ThreatModel:
     key = str(norm).lower()
     aliases = {"linf": "linf", "l_inf": "linf", "inf": "linf", "l2": "l2", "2": "l2"}
     key = aliases.get(key, key)
-    if key not in THREAT_MODELS:
-        raise unknown_name("threat-model norm", norm, THREAT_MODELS)
-    return THREAT_MODELS[key](eps)
+    return THREAT_MODELS[choice("threat-model norm", key, THREAT_MODELS)](eps)

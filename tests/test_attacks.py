@@ -220,7 +220,7 @@ def test_bad_attack_inputs(digits):
     t = make_threat("linf", 0.1)
     with pytest.raises(UnknownNameError, match="fgsm_rs"):
         build_attack("fgsm-rs", t)
-    with pytest.raises(ConfigError, match="Did you mean 'steps'"):
+    with pytest.raises(ConfigError, match="unknown key 'stpes' for attack 'pgd'; did you mean 'steps'"):
         build_attack("pgd", t, stpes=3)
     with pytest.raises(ConfigError, match="bn_mode"):
         build_attack("fgsm", t, bn_mode="batch")

@@ -146,7 +146,7 @@ def assert_same_batches(a, b) -> None:
 
 
 def test_dataset_names() -> None:
-    assert DATASETS == ("cifar10", "cifar100", "svhn", "mnist", "digits")
+    assert DATASETS.names() == ("cifar10", "cifar100", "svhn", "mnist", "digits")
 
 
 def test_unknown_dataset_lists_choices() -> None:

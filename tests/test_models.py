@@ -281,7 +281,8 @@ def test_unknown_model_lists_choices() -> None:
 
 
 def test_unknown_kwarg_lists_accepted_arguments() -> None:
-    with pytest.raises(ConfigError, match=r"unknown argument\(s\) widht.*accepts: width"):
+    with pytest.raises(ConfigError, match=r"unknown key 'widht' for model 'preact_resnet18'; did you mean 'width'\? "
+                                          r"Valid keys: width\."):
         create_model("preact_resnet18", num_classes=10, widht=16)
     with pytest.raises(ConfigError, match="depth, widen, dropout"):
         create_model("wide_resnet", num_classes=10, widen=2, drop_rate=0.1)

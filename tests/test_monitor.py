@@ -324,7 +324,7 @@ def test_rules_are_registered_by_name():
     assert {"pgd_drop", "fgsm_pgd_gap", "robust_overfitting", "robust_overfitting_margin"} <= set(RULES)
     rule = build_rule({"name": "robust_overfitting", "window": 4}, false_alarm=0.05)
     assert rule.window == 4 and rule.false_alarm == 0.05
-    with pytest.raises(ConfigError, match="unknown argument"):
+    with pytest.raises(ConfigError, match="unknown key 'monitor.rules.windw'.*did you mean 'monitor.rules.window'"):
         build_rule({"name": "robust_overfitting", "windw": 4})
     with pytest.raises(RobustrainError, match="Did you mean .pgd_drop."):
         build_rule("pgd_dorp")

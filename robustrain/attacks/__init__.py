@@ -1,17 +1,16 @@
-"""Attacks, one per file, and ``build_attack`` to make one by name."""
+"""Attacks, one per file (each registered at its definition with ``@register_attack`` in :data:`ATTACKS`), and
+``build_attack`` to make one by name."""
 from __future__ import annotations
 
-from ..registry import build, keyword_arguments
+from ..registry import keyword_arguments
 from ..threat import ThreatModel
-from .base import Attack, AttackResult, LossFn, attack_guard, cross_entropy
+from .base import ATTACKS, Attack, AttackResult, LossFn, attack_guard, cross_entropy, register_attack
 from .fgsm import FGSM
 from .fgsm_mep import FGSMMEP
 from .fgsm_rs import FGSMRS
 from .nfgsm import NFGSM
 from .pgd import PGD
 from .trades import TRADESAttack, kl_from_clean
-
-ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (FGSM, FGSMMEP, FGSMRS, NFGSM, PGD, TRADESAttack)}
 
 
 def attack_arguments(cls: type[Attack]) -> list[str]:
@@ -22,10 +21,10 @@ def attack_arguments(cls: type[Attack]) -> list[str]:
 def build_attack(name: str, threat: ThreatModel, **kwargs) -> Attack:
     """A fresh attack ``name`` (one of :data:`ATTACKS`) for ``threat``; unknown names and arguments
     raise with the valid choices."""
-    return build("attack", ATTACKS, name, threat, **kwargs)
+    return ATTACKS.build(name, threat, **kwargs)
 
 
 __all__ = [
     "ATTACKS", "Attack", "AttackResult", "FGSM", "FGSMMEP", "FGSMRS", "LossFn", "NFGSM", "PGD", "TRADESAttack",
-    "attack_arguments", "attack_guard", "build_attack", "cross_entropy", "kl_from_clean",
+    "attack_arguments", "attack_guard", "build_attack", "cross_entropy", "kl_from_clean", "register_attack",
 ]

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..guards import restore_modes
+from ..registry import Registry
 from ..threat import ThreatModel
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -371,3 +372,8 @@ class Attack:
         total, logits, loss = loss_fn(model, x, delta, y)
         (grad,) = torch.autograd.grad(total, delta)
         return grad, logits.detach(), loss.detach()
+
+
+ATTACKS: Registry[type[Attack]] = Registry("attack", base=Attack)
+"""The attacks by name; each is registered at its definition with ``@register_attack``."""
+register_attack = ATTACKS.register

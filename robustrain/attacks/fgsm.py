@@ -12,9 +12,10 @@ from torch import Tensor, nn
 from .. import kernels
 from ..errors import ConfigError
 from ..threat import ThreatModel
-from .base import Attack, AttackResult, ratio_rule
+from .base import Attack, AttackResult, ratio_rule, register_attack
 
 
+@register_attack
 class FGSM(Attack):
     """One ascent step ``δ = δ₀ + α·dir(∇_δ ℓ(x+δ₀))``, then optional projection and the box clip.
 

@@ -58,7 +58,7 @@ from torch import Tensor, nn
 from ..distributed import all_gather_cat, all_reduce_sum, broadcast_object, current
 from ..errors import CheckpointError, ConfigError
 from ..threat import ThreatModel
-from .base import Attack, AttackResult, ratio_rule
+from .base import Attack, AttackResult, ratio_rule, register_attack
 
 INITS = ("sign", "zero")
 
@@ -101,6 +101,7 @@ class SmoothedCrossEntropy:
         return f"SmoothedCrossEntropy({self.label_smoothing:.6g})"
 
 
+@register_attack
 class FGSMMEP(Attack):
     """FGSM-MEP: FGSM from a per-example prior kept across epochs and moved by momentum (see the module docstring).
 

@@ -4,9 +4,11 @@
 """
 from __future__ import annotations
 
+from .base import register_attack
 from .fgsm import FGSM
 
 
+@register_attack
 class FGSMRS(FGSM):
     """FGSM with a random start of radius ε, step 1.25ε and projection (the "fast is better than free" step)."""
 

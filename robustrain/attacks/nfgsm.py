@@ -5,9 +5,11 @@
 """
 from __future__ import annotations
 
+from .base import register_attack
 from .fgsm import FGSM
 
 
+@register_attack
 class NFGSM(FGSM):
     """FGSM from noise of radius kε (default k=2) with step ε and no projection."""
 

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from .. import kernels
 from ..errors import ConfigError
 from ..threat import ThreatModel
-from .base import Attack, AttackResult
+from .base import Attack, AttackResult, register_attack
 
 
 class _Best:
@@ -35,6 +35,7 @@ class _Best:
                                                                      wrong)
 
 
+@register_attack
 class PGD(Attack):
     """Projected gradient descent with restarts and per-example keep-best.
 

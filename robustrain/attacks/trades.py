@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..threat import ThreatModel, clip_to_box
-from .base import AttackResult, LossFn, cross_entropy
+from .base import AttackResult, LossFn, cross_entropy, register_attack
 from .pgd import PGD
 
 TRADES_LOSSES = ("kl", "ce")
@@ -39,6 +39,7 @@ def kl_from_clean(logits_clean: Tensor) -> LossFn:
     return loss
 
 
+@register_attack
 class TRADESAttack(PGD):
     """PGD on the TRADES KL (``loss: kl``) or on CE (``loss: ce``, MART) from ``x + init_std·N(0, I)``.
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..evaluation.backends import BACKENDS
 from ..evaluation.pipeline import AUTOATTACK_NAMES, DEFAULT_PGD, EvalPlan, evaluate_robustness
 from ..evaluation.report import write_report
 from ..runlock import folder_lock
@@ -24,7 +25,7 @@ def add_arguments(e: argparse.ArgumentParser) -> None:
     e.add_argument("--dataset", default="cifar10", help="dataset for --model (default cifar10)")
     e.add_argument("--norm", choices=["linf", "l2"], help="threat model (default: the run's, else linf)")
     e.add_argument("--version", default="standard", choices=["standard", "plus", "rand"], help="AutoAttack version")
-    e.add_argument("--backend", default="torchattacks", choices=["torchattacks", "autoattack"],
+    e.add_argument("--backend", default="torchattacks", choices=list(BACKENDS),
                    help="who runs the AutoAttack components (autoattack: the official package, if installed)")
     e.add_argument("--aa-steps", type=int, default=100, help="APGD/FAB iterations (100 is the standard; "
                                                              "anything else is reported as non-standard)")

@@ -5,12 +5,14 @@ Public API:
 * :class:`ArrayDataset`: images (uint8) and labels in memory, with the dataset's statistics.
 * :class:`BatchLoader`: seeded, exactly resumable batches (crop + flip augmentation, distributed shards).
 * :func:`first_examples`: the first ``n`` examples of a loader's epoch 0 (a fixed check or evaluation batch).
-* :data:`DATASETS`, :func:`load_dataset`: the registered datasets and their loader.
+* :data:`DATASETS`, :func:`load_dataset`, :func:`register_dataset`: the registered datasets (each reader registered
+  at its definition), their loader, the decorator that registers a reader.
 * :func:`split_validation`: a seeded held-out validation split.
 """
 from robustrain.data.dataset import ArrayDataset
 from robustrain.data.loader import BatchLoader, first_examples
-from robustrain.data.registry import DATASETS, load_dataset
+from robustrain.data.registry import DATASETS, load_dataset, register_dataset
 from robustrain.data.split import split_validation
 
-__all__ = ["ArrayDataset", "BatchLoader", "DATASETS", "first_examples", "load_dataset", "split_validation"]
+__all__ = ["ArrayDataset", "BatchLoader", "DATASETS", "first_examples", "load_dataset", "register_dataset",
+           "split_validation"]

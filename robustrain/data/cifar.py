@@ -8,6 +8,7 @@ import numpy as np
 
 from robustrain.data.dataset import ArrayDataset
 from robustrain.data.files import Layout, corrupt, load_pickle, find_layout, to_tensor
+from robustrain.data.sources import register_dataset
 
 # Published per-channel statistics of the training sets (inputs in [0, 1]).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -34,6 +35,21 @@ def _cifar100_layouts(root: Path, train: bool) -> list[Layout]:
     ]
 
 
+def download_cifar10(root: Path, train: bool) -> None:
+    """Let torchvision download CIFAR-10 into ``root/cifar-10-batches-py``."""
+    from torchvision.datasets import CIFAR10
+
+    CIFAR10(str(root), train=train, download=True)
+
+
+def download_cifar100(root: Path, train: bool) -> None:
+    """Let torchvision download CIFAR-100 into ``root/cifar-100-python``."""
+    from torchvision.datasets import CIFAR100
+
+    CIFAR100(str(root), train=train, download=True)
+
+
+@register_dataset("cifar10", download=download_cifar10)
 def read_cifar10(root: Path, train: bool) -> ArrayDataset:
     """CIFAR-10 from ``root/cifar-10-batches-py`` (torchvision) or ``root/cifar-10-batches-bin``."""
     layouts = _cifar10_layouts(root, train)
@@ -50,6 +66,7 @@ def read_cifar10(root: Path, train: bool) -> ArrayDataset:
     return _dataset(images, labels, 10, CIFAR10_MEAN, CIFAR10_STD, "cifar10", paths)
 
 
+@register_dataset("cifar100", download=download_cifar100)
 def read_cifar100(root: Path, train: bool) -> ArrayDataset:
     """CIFAR-100 (fine labels) from ``root/cifar-100-python`` (torchvision) or ``root/cifar-100-binary``."""
     layouts = _cifar100_layouts(root, train)
@@ -64,20 +81,6 @@ def read_cifar100(root: Path, train: bool) -> ArrayDataset:
     else:
         images, labels = _read_pickle(path, "fine_labels")
     return _dataset(images, labels, 100, CIFAR100_MEAN, CIFAR100_STD, "cifar100", [path])
-
-
-def download_cifar10(root: Path, train: bool) -> None:
-    """Let torchvision download CIFAR-10 into ``root/cifar-10-batches-py``."""
-    from torchvision.datasets import CIFAR10
-
-    CIFAR10(str(root), train=train, download=True)
-
-
-def download_cifar100(root: Path, train: bool) -> None:
-    """Let torchvision download CIFAR-100 into ``root/cifar-100-python``."""
-    from torchvision.datasets import CIFAR100
-
-    CIFAR100(str(root), train=train, download=True)
 
 
 def _read_binary(path: Path, label_bytes: int, label_index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -128,4 +131,3 @@ def _dataset(
         std=std,
         name=name,
     )
-

@@ -6,17 +6,22 @@ chosen with a seeded legacy numpy RandomState (whose stream numpy keeps stable),
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from robustrain.data.dataset import ArrayDataset, channel_stats
+from robustrain.data.sources import register_dataset
 
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0
 
 
-def read_digits(train: bool) -> ArrayDataset:
-    """The train (1,438 images) or test (359 images) part of the digits data set, 1 x 8 x 8 uint8."""
+@register_dataset("digits", needs_root=False)
+def read_digits(root: Path | None, train: bool) -> ArrayDataset:
+    """The train (1,438 images) or test (359 images) part of the digits data set, 1 x 8 x 8 uint8 (``root`` is
+    not read: the data ship with scikit-learn)."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()

@@ -11,6 +11,7 @@ import numpy as np
 
 from robustrain.data.dataset import ArrayDataset
 from robustrain.data.files import Layout, corrupt, find_layout, read_bytes, to_tensor
+from robustrain.data.sources import register_dataset
 
 # Published statistics of the MNIST training set (inputs in [0, 1]).
 MNIST_MEAN = (0.1307,)
@@ -33,6 +34,14 @@ def _layouts(root: Path, train: bool) -> list[Layout]:
     ]
 
 
+def download_mnist(root: Path, train: bool) -> None:
+    """Let torchvision download MNIST into ``root/MNIST/raw``."""
+    from torchvision.datasets import MNIST
+
+    MNIST(str(root), train=train, download=True)
+
+
+@register_dataset("mnist", download=download_mnist)
 def read_mnist(root: Path, train: bool) -> ArrayDataset:
     """MNIST, 1 x 28 x 28, from the first folder that holds both the image and the label file."""
     layouts = _layouts(root, train)
@@ -77,10 +86,3 @@ def read_idx(path: Path) -> np.ndarray:
     if len(raw) - header != expected:
         raise corrupt(path, f"idx header announces {shape} = {expected} bytes, found {len(raw) - header}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
-
-
-def download_mnist(root: Path, train: bool) -> None:
-    """Let torchvision download MNIST into ``root/MNIST/raw``."""
-    from torchvision.datasets import MNIST
-
-    MNIST(str(root), train=train, download=True)

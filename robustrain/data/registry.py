@@ -2,34 +2,18 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from robustrain.data.cifar import download_cifar10, download_cifar100, read_cifar10, read_cifar100
 from robustrain.data.dataset import ArrayDataset
-from robustrain.data.digits import read_digits
-from robustrain.data.mnist import download_mnist, read_mnist
-from robustrain.data.svhn import download_svhn, read_svhn
-from robustrain.errors import ConfigError, DataNotFoundError, unknown_name
+from robustrain.data.sources import DATASETS, DatasetSource, register_dataset
+from robustrain.errors import ConfigError, DataNotFoundError
+
+# Importing the reader modules registers their datasets, in this order.
+from robustrain.data import cifar, svhn, mnist, digits  # noqa: E402,F401  isort: skip
 
 SPLITS = ("train", "test")
 
-
-@dataclass(frozen=True)
-class _Source:
-    read: Callable[[Path, bool], ArrayDataset]
-    download: Callable[[Path, bool], None]
-
-
-_SOURCES: dict[str, _Source] = {
-    "cifar10": _Source(read_cifar10, download_cifar10),
-    "cifar100": _Source(read_cifar100, download_cifar100),
-    "svhn": _Source(read_svhn, download_svhn),
-    "mnist": _Source(read_mnist, download_mnist),
-}
-
-DATASETS: tuple[str, ...] = (*_SOURCES, "digits")
+__all__ = ["DATASETS", "DatasetSource", "SPLITS", "load_dataset", "register_dataset"]
 
 
 def load_dataset(
@@ -37,32 +21,31 @@ def load_dataset(
 ) -> ArrayDataset:
     """Read split ``split`` ("train" or "test") of dataset ``name`` from ``root`` into memory.
 
-    ``digits`` is bundled with scikit-learn and ignores ``root`` and ``download``; every other dataset
-    needs ``root``. When its files are missing, ``download=True`` lets torchvision fetch them into
-    ``root`` first; otherwise a `DataNotFoundError` lists the places looked in and the fix.
+    ``name`` is one of :data:`DATASETS` (a reader registered with ``@register_dataset``). ``digits`` is bundled
+    with scikit-learn and ignores ``root`` and ``download``; every other built-in dataset needs ``root``. When its
+    files are missing, ``download=True`` lets torchvision fetch them into ``root`` first; otherwise a
+    `DataNotFoundError` lists the places looked in and the fix.
     """
     key = name.strip().lower() if isinstance(name, str) else name
-    if key not in DATASETS:
-        raise unknown_name("dataset", str(name), DATASETS)
+    source = DATASETS.get(key if key in DATASETS else name)
     if split not in SPLITS:
         raise ConfigError(
             f"unknown split {split!r} for dataset {key!r}; expected 'train' or 'test'. "
             "A validation split is carved from 'train' with split_validation(ds, val_size, seed)."
         )
     train = split == "train"
-    if key == "digits":
-        return read_digits(train)
+    if not source.needs_root:
+        return source.read(None if root is None else Path(root).expanduser(), train)
     if root is None or (isinstance(root, str) and not root.strip()):
         raise ConfigError(
             f"dataset {key!r} needs a data root (data.root), the folder that holds or will hold its files; "
-            "got none. Only 'digits' (bundled with scikit-learn) needs no root."
+            f"got none. Datasets that need no root: {', '.join(n for n in DATASETS if not DATASETS[n].needs_root)}."
         )
     folder = Path(root).expanduser()
-    source = _SOURCES[key]
     try:
         return source.read(folder, train)
     except DataNotFoundError as missing:
-        if not download:
+        if not download or source.download is None:
             raise
         not_found = missing
     try:

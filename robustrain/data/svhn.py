@@ -7,6 +7,7 @@ import numpy as np
 
 from robustrain.data.dataset import ArrayDataset
 from robustrain.data.files import Layout, corrupt, find_layout, to_tensor
+from robustrain.data.sources import register_dataset
 
 # Published per-channel statistics of the SVHN training set (inputs in [0, 1]).
 SVHN_MEAN = (0.4377, 0.4438, 0.4728)
@@ -18,6 +19,14 @@ def _layouts(root: Path, train: bool) -> list[Layout]:
     return [Layout(root, (name,), "torchvision layout, MATLAB files of the cropped-digits format")]
 
 
+def download_svhn(root: Path, train: bool) -> None:
+    """Let torchvision download the SVHN split into ``root``."""
+    from torchvision.datasets import SVHN
+
+    SVHN(str(root), split="train" if train else "test", download=True)
+
+
+@register_dataset("svhn", download=download_svhn)
 def read_svhn(root: Path, train: bool) -> ArrayDataset:
     """SVHN cropped digits; label 10 (the digit 0) becomes 0, as in torchvision."""
     layouts = _layouts(root, train)
@@ -54,10 +63,3 @@ def read_svhn(root: Path, train: bool) -> ArrayDataset:
         std=SVHN_STD,
         name="svhn",
     )
-
-
-def download_svhn(root: Path, train: bool) -> None:
-    """Let torchvision download the SVHN split into ``root``."""
-    from torchvision.datasets import SVHN
-
-    SVHN(str(root), split="train" if train else "test", download=True)

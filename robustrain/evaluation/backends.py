@@ -12,9 +12,11 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, unknown_name
+from ..errors import ConfigError
+from ..registry import Registry
 
-BACKENDS = ("torchattacks", "autoattack")
+BACKENDS: Registry[type] = Registry("AutoAttack backend")
+"""The AutoAttack backends by name; each is registered at its definition with ``@BACKENDS.register``."""
 _NORMS = {"linf": "Linf", "l2": "L2"}
 
 
@@ -32,6 +34,7 @@ def _rng_devices(x: Tensor) -> list[int]:
     return [x.device.index or 0] if x.device.type == "cuda" else []
 
 
+@BACKENDS.register
 class TorchattacksBackend:
     """torchattacks 3.5 components with the settings of the official code (not torchattacks' 10-step defaults).
 
@@ -75,6 +78,7 @@ class TorchattacksBackend:
             return atk(x, y).detach()
 
 
+@BACKENDS.register
 class OfficialBackend:
     """The official ``autoattack`` package (fra31/auto-attack): its own APGD / APGD-T / FAB / Square objects,
     configured by its own ``set_version``, called stage by stage on the points robustrain's cascade hands over.
@@ -122,9 +126,5 @@ class OfficialBackend:
 
 
 def make_backend(name: str) -> Backend:
-    """The backend called ``name`` (``torchattacks`` or ``autoattack``)."""
-    if name == "torchattacks":
-        return TorchattacksBackend()
-    if name == "autoattack":
-        return OfficialBackend()
-    raise unknown_name("AutoAttack backend", name, BACKENDS)
+    """The backend called ``name`` (one of :data:`BACKENDS`: ``torchattacks`` or ``autoattack``)."""
+    return BACKENDS.build(name)

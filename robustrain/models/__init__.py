@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from robustrain.models.normalise import Normalise as Normalise
 from robustrain.models.normalise import NormalisedModel as NormalisedModel
+from robustrain.models.registry import MODELS as MODELS
 from robustrain.models.registry import create_model as create_model
 from robustrain.models.registry import list_models as list_models
 from robustrain.models.registry import register_model as register_model
@@ -16,4 +17,4 @@ from robustrain.models import preact_resnet as preact_resnet  # noqa: E402  isor
 from robustrain.models import small_cnn as small_cnn  # noqa: E402  isort: skip
 from robustrain.models import wide_resnet as wide_resnet  # noqa: E402  isort: skip
 
-__all__ = ["Normalise", "NormalisedModel", "create_model", "list_models", "register_model"]
+__all__ = ["MODELS", "Normalise", "NormalisedModel", "create_model", "list_models", "register_model"]

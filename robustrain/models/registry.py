@@ -3,51 +3,50 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import nn
 
-from robustrain.errors import ConfigError, UnknownNameError, unknown_name
+from robustrain.errors import ConfigError, UnknownNameError, unknown_choice
 from robustrain.models.normalise import Normalise, NormalisedModel
 from robustrain.models.timm_models import TIMM_PREFIX, create_timm_model
+from robustrain.registry import Registry
 
-__all__ = ["create_model", "list_models", "register_model"]
+__all__ = ["MODELS", "create_model", "list_models", "register_model"]
 
 ModelFactory = Callable[..., nn.Module]
-F = TypeVar("F", bound=ModelFactory)
-
-# Model name -> factory. A factory takes ``num_classes`` and ``in_channels`` plus its own keyword
-# arguments and returns the bare network (no Normalise); ``create_model`` adds the normalisation.
-_MODELS: dict[str, ModelFactory] = {}
 
 # The arguments create_model passes to every factory itself.
 _COMMON_ARGS = ("num_classes", "in_channels")
 
 
-def register_model(fn: F) -> F:
-    """Register a model factory under its function name (a decorator, as in timm).
+def _factory_options(fn: ModelFactory) -> dict[str, inspect.Parameter]:
+    """A factory's own arguments (besides num_classes and in_channels)."""
+    return {p.name: p for p in inspect.signature(fn).parameters.values()
+            if p.name not in _COMMON_ARGS and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
-    The factory must accept ``num_classes`` and ``in_channels`` keyword arguments and return an
-    ``nn.Module`` that maps normalised images ``[B, in_channels, H, W]`` to logits ``[B, num_classes]``.
 
-    Raises:
-        ValueError: When the name is already registered or the factory lacks a common argument.
-    """
-    name = fn.__name__
-    if name in _MODELS:
-        raise ValueError(f"model {name!r} is registered twice; rename one of the factories.")
-    params = inspect.signature(fn).parameters
-    missing = [arg for arg in _COMMON_ARGS if arg not in params]
+def _check_factory(name: str, fn: ModelFactory) -> None:
+    missing = [arg for arg in _COMMON_ARGS if arg not in inspect.signature(fn).parameters]
     if missing:
         raise ValueError(f"model factory {name!r} must accept {', '.join(missing)} as keyword arguments.")
-    _MODELS[name] = fn
-    return fn
+
+
+MODELS: Registry[ModelFactory] = Registry("model", options=_factory_options, validate=_check_factory)
+"""Model name -> factory. A factory takes ``num_classes`` and ``in_channels`` plus its own keyword arguments and
+returns the bare network (no Normalise); ``create_model`` adds the normalisation. Registered at each definition with
+``@register_model`` (under the function's name, as in timm)."""
+
+register_model = MODELS.register
+"""Register a model factory under its function name (a decorator). The factory must accept ``num_classes`` and
+``in_channels`` keyword arguments and return an ``nn.Module`` that maps normalised images ``[B, in_channels, H, W]``
+to logits ``[B, num_classes]``; a name registered twice or a factory without those arguments raises ValueError."""
 
 
 def list_models() -> list[str]:
     """The registered model names, sorted. Any timm model is also available as ``timm:<timm name>``."""
-    return sorted(_MODELS)
+    return sorted(MODELS)
 
 
 def _check_count(value: object, what: str) -> int:
@@ -56,28 +55,17 @@ def _check_count(value: object, what: str) -> int:
     return value
 
 
-def _accepted_args(fn: ModelFactory) -> list[str]:
-    params = inspect.signature(fn).parameters.values()
-    return [p.name for p in params if p.name not in _COMMON_ARGS and p.kind is not p.VAR_KEYWORD]
-
-
 def _build_registered(name: str, num_classes: int, in_channels: int, kwargs: dict[str, Any]) -> nn.Module:
     """Call the factory for ``name`` after checking ``kwargs`` against its signature."""
-    fn = _MODELS[name]
+    fn = MODELS[name]
     sig = inspect.signature(fn)
-    accepted = _accepted_args(fn)
-    accepted_msg = ", ".join(accepted) if accepted else "none"
-    takes_var_kwargs = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
-    unknown = sorted(set(kwargs) - set(accepted))
-    if unknown and not takes_var_kwargs:
-        raise ConfigError(
-            f"model {name!r} got unknown argument(s) {', '.join(unknown)}; "
-            f"it accepts: {accepted_msg} (besides num_classes and in_channels)."
-        )
+    if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        MODELS.check(name, kwargs)
     try:
         sig.bind(num_classes=num_classes, in_channels=in_channels, **kwargs)
     except TypeError as err:
-        raise ConfigError(f"model {name!r}: {err}; it accepts: {accepted_msg}.") from err
+        accepted = ", ".join(MODELS.options(name)) or "none"
+        raise ConfigError(f"model {name!r}: {err}; it accepts: {accepted}.") from err
     return fn(num_classes=num_classes, in_channels=in_channels, **kwargs)
 
 
@@ -141,13 +129,13 @@ def create_model(
         try:
             net = create_timm_model(timm_name, num_classes=num_classes, in_channels=in_channels, **kwargs)
         except UnknownNameError as err:
-            if timm_name not in _MODELS:
+            if timm_name not in MODELS:
                 raise
             raise UnknownNameError(f"{err} robustrain's own model is called {timm_name!r}, without 'timm:'.") from None
-    elif name in _MODELS:
+    elif name in MODELS:
         net = _build_registered(name, num_classes, in_channels, kwargs)
     else:
-        raise unknown_name("model", name, [*list_models(), f"{TIMM_PREFIX}<timm name>"])
+        raise unknown_choice("model", name, [*list_models(), f"{TIMM_PREFIX}<timm name>"])
 
     model = NormalisedModel(norm_layer, net)
     if channels_last:

@@ -1,6 +1,7 @@
 """Weight perturbation (AWP, RWP, LAP): the context the Trainer's optimiser step runs in.
 
-Each is a :class:`robustrain.training.WeightPerturbation` built as ``cls(threat, **options)``:
+Each is a :class:`robustrain.training.WeightPerturbation` built as ``cls(threat, **options)``, one file each,
+registered at its definition with ``@register_weight_perturbation`` in :data:`WEIGHT_PERTURBATIONS`:
 
 * ``awp``: one ascent step, per-layer radius γ‖w_l‖, removed after the update (NeurIPS 2020).
 * ``rwp``: ascent on the low-loss examples only (loss stationary condition), global scaling (IJCAI 2022).
@@ -13,25 +14,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..registry import build
 from ..threat import ThreatModel
 from ..training.hooks import WeightPerturbation
 from .awp import AWP
-from .base import Perturbation, perturbed, running_stats_frozen
+from .base import (WEIGHT_PERTURBATIONS, Perturbation, perturbed, register_weight_perturbation,
+                   running_stats_frozen)
 from .lap import LAP, LAP_BETA, lap_default_beta, lap_factors
 from .rwp import RWP, lsc_mask
 from .selection import MODULE_KINDS, ParameterRule
-
-WEIGHT_PERTURBATIONS: dict[str, type[WeightPerturbation]] = {cls.name: cls for cls in (AWP, RWP, LAP)}
 
 
 def build_weight_perturbation(name: str, threat: ThreatModel, **options: Any) -> WeightPerturbation:
     """A fresh weight perturbation ``name`` (one of :data:`WEIGHT_PERTURBATIONS`); unknown names and options
     raise with the valid choices."""
-    return build("weight perturbation", WEIGHT_PERTURBATIONS, name, threat, **options)
+    return WEIGHT_PERTURBATIONS.build(name, threat, **options)
 
 
 __all__ = [
     "AWP", "LAP", "LAP_BETA", "MODULE_KINDS", "ParameterRule", "Perturbation", "RWP", "WEIGHT_PERTURBATIONS",
-    "build_weight_perturbation", "lap_default_beta", "lap_factors", "lsc_mask", "perturbed", "running_stats_frozen",
+    "build_weight_perturbation", "lap_default_beta", "lap_factors", "lsc_mask", "perturbed",
+    "register_weight_perturbation", "running_stats_frozen",
 ]

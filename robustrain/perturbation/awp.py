@@ -24,9 +24,10 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..threat import ThreatModel
 from ..training.hooks import StepContext
-from .base import Perturbation, ascent_gradients, layer_scaled
+from .base import Perturbation, ascent_gradients, layer_scaled, register_weight_perturbation
 
 
+@register_weight_perturbation
 class AWP(Perturbation):
     """Adversarial weight perturbation: one ascent step, per-layer radius ``gamma · ‖w_l‖``, removed after
     the update.

@@ -22,9 +22,14 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..registry import Registry
 from ..threat import ThreatModel
 from ..training.hooks import StepContext, WeightPerturbation
 from .selection import ParameterRule
+
+WEIGHT_PERTURBATIONS: Registry[type[WeightPerturbation]] = Registry("weight perturbation", base=WeightPerturbation)
+"""The weight perturbations by name; each is registered at its definition with ``@register_weight_perturbation``."""
+register_weight_perturbation = WEIGHT_PERTURBATIONS.register
 
 NORM_EPS = 1e-20
 """Added to a gradient's norm before dividing by it (the official codes' EPS): a zero gradient gives v = 0."""

@@ -39,9 +39,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..registry import BEHAVIOURS
 from ..threat import ThreatModel
 from ..training.hooks import StepContext
-from .base import Perturbation, ascent_gradients, layer_scaled
+from .base import Perturbation, ascent_gradients, layer_scaled, register_weight_perturbation
 
 LAP_VARIANTS = ("fgsm", "fgsm_rs", "nfgsm")
 """V-LAP (zero start, step ε, projection), R-LAP (U[−ε, ε], 1.25ε, projection), N-LAP (U[−2ε, 2ε], ε, none):
@@ -55,7 +56,6 @@ LAP_BETA: dict[int, dict[str, float]] = {
 }
 """β by ε (in /255 pixel levels) and variant, CIFAR-10 (official README)."""
 
-BEHAVIOURS = ("paper", "code")
 
 
 def lap_factors(num_layers: int, gamma: float) -> list[float]:
@@ -79,6 +79,7 @@ def lap_default_beta(threat: ThreatModel, variant: str) -> float:
     return LAP_BETA[int(px)][variant]
 
 
+@register_weight_perturbation
 class LAP(Perturbation):
     """Layer-aware weight perturbation for single-step adversarial training.
 

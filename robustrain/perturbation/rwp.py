@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..threat import ThreatModel
 from ..training.hooks import StepContext
-from .base import Perturbation, ascent_gradients, global_scaled, perturbed
+from .base import Perturbation, ascent_gradients, global_scaled, perturbed, register_weight_perturbation
 
 
 def lsc_mask(per_example_loss: Tensor, c_min: float) -> Tensor:
@@ -33,6 +33,7 @@ def lsc_mask(per_example_loss: Tensor, c_min: float) -> Tensor:
     return (per_example_loss.detach().double() < c_min).to(per_example_loss.dtype)  # compared exactly, in fp64
 
 
+@register_weight_perturbation
 class RWP(Perturbation):
     """Robust weight perturbation: ``steps`` ascent steps on the low-loss examples, global scaling.
 

@@ -17,7 +17,8 @@ from typing import Sequence
 
 from torch import nn
 
-from ..errors import ConfigError, closest
+from ..errors import ConfigError
+from ..registry import choice
 
 MODULE_KINDS: dict[str, tuple[type[nn.Module], ...]] = {
     "conv": (nn.modules.conv._ConvNd,),
@@ -48,12 +49,7 @@ class ParameterRule:
         object.__setattr__(self, "modules", _names(self.modules, "modules"))
         object.__setattr__(self, "params", _names(self.params, "params"))
         for kind in self.modules:
-            if kind not in MODULE_KINDS:
-                hint = closest(kind, MODULE_KINDS)
-                raise ConfigError(
-                    f"weight perturbation: unknown module kind {kind!r} in modules; expected some of "
-                    f"{', '.join(MODULE_KINDS)}." + (f" Did you mean {hint!r}?" if hint else "")
-                )
+            choice("module kind", kind, MODULE_KINDS, where="weight perturbation modules")
 
     def select(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
         """``(qualified name, parameter)`` pairs in network order; raises when nothing matches."""

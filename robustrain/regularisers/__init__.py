@@ -1,6 +1,7 @@
 """Regularisers against catastrophic overfitting: loss terms added to the training objective.
 
-Each regulariser is a :class:`robustrain.training.LossTerm` built as ``cls(threat, **options)``:
+Each regulariser is a :class:`robustrain.training.LossTerm` built as ``cls(threat, **options)``, one file each,
+registered at its definition with ``@register_regulariser`` in :data:`REGULARISERS`:
 
 * ``elle`` / ``elle_a``: local linearity error on random triplets, constant / adaptive λ (ICLR 2024).
 * ``gradalign``: input-gradient alignment with double backprop (NeurIPS 2020).
@@ -12,27 +13,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..registry import build
 from ..threat import ThreatModel
 from ..training.hooks import LossTerm
 from .aaer import AAER
+from .base import REGULARISERS, register_regulariser
 from .convergesmooth import ConvergeSmooth
 from .elle import ELLE, ELLEA
 from .gradalign import GradAlign
 from .weight_centralisation import WeightCentralisation
 
-REGULARISERS: dict[str, type[LossTerm]] = {
-    cls.name: cls for cls in (ELLE, ELLEA, GradAlign, AAER, ConvergeSmooth, WeightCentralisation)
-}
-
 
 def build_regulariser(name: str, threat: ThreatModel, **options: Any) -> LossTerm:
     """A fresh regulariser ``name`` (one of :data:`REGULARISERS`); unknown names and options raise with the
     valid choices."""
-    return build("regulariser", REGULARISERS, name, threat, **options)
+    return REGULARISERS.build(name, threat, **options)
 
 
 __all__ = [
     "AAER", "ConvergeSmooth", "ELLE", "ELLEA", "GradAlign", "REGULARISERS", "WeightCentralisation",
-    "build_regulariser",
+    "build_regulariser", "register_regulariser",
 ]

@@ -32,7 +32,7 @@ import torch
 
 from ..errors import ConfigError
 from ..threat import ThreatModel
-from .base import LossTerm, StepContext, eps_pixels, per_example_ce, wide, zero_loss
+from .base import LossTerm, StepContext, eps_pixels, per_example_ce, register_regulariser, wide, zero_loss
 
 # Official λ2 / λ3 for CIFAR-10 (README of the official repository; λ1 = 1 everywhere), by ε in pixel levels.
 AAER_DEFAULTS: dict[str, dict[float, tuple[float, float]]] = {
@@ -54,6 +54,7 @@ def aaer_default_lambdas(threat: ThreatModel, variant: str) -> tuple[float, floa
     return table[px]
 
 
+@register_regulariser
 class AAER(LossTerm):
     """Abnormal-adversarial-example regulariser.
 

@@ -14,8 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..registry import Registry
 from ..threat import ThreatModel, clip_to_box
 from ..training.hooks import LossTerm, StepContext
+
+REGULARISERS: Registry[type[LossTerm]] = Registry("regulariser", base=LossTerm)
+"""The regularisers by name; each is registered at its definition with ``@register_regulariser``."""
+register_regulariser = REGULARISERS.register
 
 
 def wide(t: Tensor) -> Tensor:

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..threat import ThreatModel
-from .base import LossTerm, StepContext, wide, zero_loss
+from .base import LossTerm, StepContext, register_regulariser, wide, zero_loss
 
 
 BENIGN_POINTS = ("clean", "init")
@@ -73,6 +73,7 @@ def in_constant_segment(epoch: int, segments: list[int] | None, stride: int) -> 
     return any(s + stride < epoch < e - stride for s, e in zip(segments[:-1], segments[1:]))
 
 
+@register_regulariser
 class ConvergeSmooth(LossTerm):
     """Batch-based (default) or example-based ConvergeSmooth on the benign loss.
 

@@ -34,8 +34,9 @@ import torch
 
 from .. import kernels
 from ..errors import ConfigError
+from ..registry import BEHAVIOURS
 from ..threat import ThreatModel
-from .base import LossTerm, StepContext, eps_pixels, per_example_ce, step_threat, wide
+from .base import LossTerm, StepContext, eps_pixels, per_example_ce, register_regulariser, step_threat, wide
 
 
 def elle_default_lambda(threat: ThreatModel) -> float:
@@ -47,14 +48,11 @@ def elle_default_lambda(threat: ThreatModel) -> float:
     return 1000.0 if px <= 8 else 5000.0 if px <= 20 else 10000.0
 
 
-BEHAVIOURS = ("paper", "code")
-"""``paper``: one optimiser step per batch; ``code``: two, as the official training loop (module docstring)."""
-
-
 class _LinearityError(LossTerm):
     """The shared E_lin computation and the paper/code behaviour switch."""
 
     behaviours = BEHAVIOURS
+    """``paper``: one optimiser step per batch; ``code``: two, as the official training loop (module docstring)."""
     signals = {"e_lin": "error"}  # the overfitting monitor reads E_lin (hooks.LossTerm.signals)
 
     def __init__(self, threat: ThreatModel, *, clip: bool = False, behaviour: str = "paper"):
@@ -83,6 +81,7 @@ class _LinearityError(LossTerm):
         return (loss_c - (1 - a) * loss_a - a * loss_b).square().mean()
 
 
+@register_regulariser
 class ELLE(_LinearityError):
     """ELLE with a constant weight: ``λ·E_lin``.
 
@@ -110,6 +109,7 @@ class ELLE(_LinearityError):
         return {"loss": self.lam * err, "error": err.detach(), "lam": self.lam}
 
 
+@register_regulariser
 class ELLEA(_LinearityError):
     """ELLE-A: ELLE with the adaptive λ of the official CIFAR code (``--lambda_schedule onoff``).
 

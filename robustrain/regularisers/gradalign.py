@@ -22,7 +22,8 @@ import torch
 
 from ..errors import ConfigError
 from ..threat import ThreatModel
-from .base import LossTerm, StepContext, eps_pixels, per_example_ce, random_points, step_threat, wide
+from .base import (LossTerm, StepContext, eps_pixels, per_example_ce, random_points, register_regulariser, step_threat,
+                   wide)
 
 
 def gradalign_default_lambda(threat: ThreatModel) -> float:
@@ -42,6 +43,7 @@ def input_gradient(ctx: StepContext, x: torch.Tensor, create_graph: bool) -> tor
     return grad
 
 
+@register_regulariser
 class GradAlign(LossTerm):
     """Gradient alignment penalty ``λ·(1 − mean cos(∇ₓℓ(x), ∇ₓℓ(x+η)))`` with double backprop.
 

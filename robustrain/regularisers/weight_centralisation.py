@@ -18,9 +18,10 @@ import torch
 
 from ..errors import ConfigError
 from ..threat import ThreatModel
-from .base import LossTerm, StepContext, zero_loss
+from .base import LossTerm, StepContext, register_regulariser, zero_loss
 
 
+@register_regulariser
 class WeightCentralisation(LossTerm):
     """``w3·‖θ − mean of the per-epoch weight snapshots‖₂``.
 

@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 
 from ..atomic import write_text_atomic
 from ..errors import ConfigError
+from ..registry import choice
 from ..training.callbacks import Callback
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -69,9 +70,7 @@ def resolve_mode(requested: str = "auto") -> str:
     """online, offline or disabled. An explicit mode wins; ``auto`` takes ``WANDB_MODE`` if set, else online when
     an API key is configured and the server answers within a second, else offline (never waits on a network)."""
     if requested != "auto":
-        if requested not in MODES:
-            raise ConfigError(f"wandb.mode = {requested!r}; expected auto, {', '.join(MODES)}.")
-        return requested
+        return choice("wandb mode", requested, ("auto", *MODES), "wandb.mode")
     env = os.environ.get("WANDB_MODE", "").strip().lower()
     if env:
         mode = {"dryrun": "offline", "run": "online"}.get(env, env)

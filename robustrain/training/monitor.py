@@ -31,20 +31,19 @@ from torch import Tensor
 from ..attacks import FGSM, attack_guard, build_attack
 from ..distributed import broadcast_object
 from ..errors import ConfigError
+from ..registry import choice
 from ..evaluation import evaluate
 from ..threat import ThreatModel
 from .callbacks import Callback
 from .monitor_rules import History, Rule, build_rule
 from .monitor_rules._stats import first_decay
 from .overfitting import Check, COThresholds, co_rules
-from .remedies import REMEDIES as _REMEDY_CLASSES
-from .remedies import Remedy, build_remedy
+from .remedies import REMEDIES, Remedy, build_remedy
 
 if TYPE_CHECKING:  # pragma: no cover
     from .trainer import Trainer
 
 ACTIONS = ("warn", "stop", "rollback")
-REMEDIES = tuple(_REMEDY_CLASSES)  # the registered remedy kinds (lr, attack, regulariser)
 
 
 def declared_signals(terms: Any) -> dict[str, str]:
@@ -102,13 +101,13 @@ class OverfitMonitor(Callback):
                  rules: Any = None, false_alarm: float = 0.01, n_val: int | None = None, action: str = "warn",
                  remedy: dict | None = None, max_rollbacks: int = 2, seed: int = 0,
                  build_term: Callable[..., Any] | None = None):
-        if action not in ACTIONS:
-            raise ConfigError(f"monitor.action = {action!r}; expected one of {ACTIONS}.")
+        choice("monitor action", action, ACTIONS, "monitor.action")
         if not isinstance(remedy, Remedy):
             section = dict(remedy or {})
             if action == "rollback" and section.get("kind") not in REMEDIES:
                 raise ConfigError(
-                    f"monitor.action rollback needs monitor.remedy with kind in {REMEDIES}, e.g. {{kind: lr, factor: 0.5}}, "
+                    f"monitor.action rollback needs monitor.remedy with kind in {REMEDIES.names()}, e.g. "
+                    "{kind: lr, factor: 0.5}, "
                     f"{{kind: attack, name: nfgsm}} or {{kind: regulariser, name: elle_a}}; got {section!r}."
                 )
             remedy = build_remedy(section, threat=threat, build_term=build_term) if section else None

@@ -19,8 +19,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..registry import build
+from ..registry import Registry
 from .hooks import StepContext
+
+
+OBJECTIVES: Registry[type] = Registry("objective")
+"""The objectives by name; each is registered at its definition with ``@register_objective``."""
+register_objective = OBJECTIVES.register
 
 
 def _forward(ctx: StepContext, x: Tensor) -> Tensor:
@@ -35,6 +40,7 @@ def kl_per_example(logits_clean: Tensor, logits_adv: Tensor) -> Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(dim=1)
 
 
+@register_objective
 class CrossEntropy:
     """Cross-entropy on the adversarial input, with optional label smoothing."""
 
@@ -71,6 +77,7 @@ class _CleanAndAdversarial:
         return logits_clean, ctx.logits_adv
 
 
+@register_objective
 class TRADES(_CleanAndAdversarial):
     """TRADES: ``CE(f(x), y) + β·(1/B)·Σ_i KL(p(x_i) ‖ p(x_adv,i))`` (official ``trades.py``, β = 6)."""
 
@@ -84,6 +91,7 @@ class TRADES(_CleanAndAdversarial):
         return {"loss": per.mean(), "per_example": per, "ce": ce.mean().detach(), "kl": kl.mean().detach()}
 
 
+@register_objective
 class MART(_CleanAndAdversarial):
     """MART: ``BCE(x_adv) + β·(1/B)·Σ_i KL(p(x_i) ‖ p(x_adv,i))·(1 − p_y(x_i))`` (official ``mart.py``, β = 6 for
     WRN-34-10, 5 for ResNet-18).
@@ -109,9 +117,6 @@ class MART(_CleanAndAdversarial):
         return {"loss": per.mean(), "per_example": per, "bce": bce.mean().detach(), "kl": kl.mean().detach()}
 
 
-OBJECTIVES: dict[str, type] = {cls.name: cls for cls in (CrossEntropy, TRADES, MART)}
-
-
 def build_objective(name: str, **options: Any) -> Any:
     """A fresh objective ``name`` (one of :data:`OBJECTIVES`); unknown names and options raise with the choices."""
-    return build("objective", OBJECTIVES, name, **options)
+    return OBJECTIVES.build(name, **options)

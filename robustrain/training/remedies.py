@@ -13,11 +13,11 @@ that assigns them. Each remedy is registered under its ``kind`` (the ``kind`` of
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Sequence
 
 from ..attacks import Attack, build_attack
-from ..errors import ConfigError, unknown_name
-from ..registry import check_options
+from ..errors import ConfigError
+from ..registry import Registry
 from ..threat import ThreatModel
 from .hooks import LossTerm
 
@@ -44,16 +44,9 @@ class Remedy:
         return f"{type(self).__name__}({self.spec()})"
 
 
-REMEDIES: dict[str, type[Remedy]] = {}
-R = TypeVar("R", bound=type)
-
-
-def register_remedy(cls: R) -> R:
-    """Class decorator: register a :class:`Remedy` under its ``kind``."""
-    if cls.kind in REMEDIES and REMEDIES[cls.kind] is not cls:
-        raise ValueError(f"two remedies have kind {cls.kind!r}")
-    REMEDIES[cls.kind] = cls
-    return cls
+REMEDIES: Registry[type[Remedy]] = Registry("monitor remedy kind", key="kind", base=Remedy)
+"""The remedies by ``kind``; each is registered at its definition with ``@register_remedy``."""
+register_remedy = REMEDIES.register
 
 
 @register_remedy
@@ -126,11 +119,9 @@ def build_remedy(spec: dict[str, Any] | Remedy, *, threat: ThreatModel | None = 
         return spec
     spec = dict(spec)
     kind = spec.pop("kind", None)
-    if kind not in REMEDIES:
-        raise unknown_name("monitor remedy kind", str(kind), REMEDIES)
     cls = REMEDIES[kind]
     if kind == "lr":  # the others take the options of the attack / regulariser they build
-        check_options("remedy", REMEDIES, kind, spec, "monitor.remedy")
+        REMEDIES.check(kind, spec, "monitor.remedy")
     injected = {"threat": threat, "build_term": build_term} if kind == "regulariser" else {}
     return cls(**spec, **injected)
 

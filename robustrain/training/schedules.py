@@ -78,13 +78,16 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import ConfigError, closest, unknown_name
+from ..errors import ConfigError
+from ..registry import Registry, choice
 
-SCHEDULES = ("constant", "cyclic", "interp", "multistep", "cosine", "onecycle")
+SCHEDULES: Registry[Callable[["LRSchedule", int], float]] = Registry("learning-rate schedule")
+"""The schedule kinds by name: each is the function ``(schedule, step) -> lr`` registered at its definition (below
+:class:`LRSchedule`) with ``@SCHEDULES.register``."""
 CYCLING = ("cyclic", "onecycle")  # the kinds that cycle the momentum
 POSITIONS = ("epoch", "batch_end")
 
@@ -178,8 +181,7 @@ class LRSchedule:
     max_momentum: float = 0.9
 
     def __post_init__(self) -> None:
-        if self.kind not in SCHEDULES:
-            raise unknown_name("learning-rate schedule", self.kind, SCHEDULES)
+        SCHEDULES.check(self.kind, (), "schedule")
         if not 0.0 < self.peak < 1.0:
             raise ConfigError(f"schedule.peak is the fraction of training at the peak, in (0,1); got {self.peak}.")
         if self.total_steps < 1 or self.steps_per_epoch < 1:
@@ -189,10 +191,7 @@ class LRSchedule:
                 f"schedule.count_from = {self.count_from!r}; expected 0 (milestone m decays from the 0-based epoch m) "
                 "or 1 (epochs counted from 1 as in the TRADES/AWP/MART scripts: from the 0-based epoch m - 1)."
             )
-        if self.at not in POSITIONS:
-            hint = closest(str(self.at), POSITIONS)
-            raise ConfigError(f"schedule.at = {self.at!r}; expected one of {', '.join(POSITIONS)}."
-                              + (f" Did you mean {hint!r}?" if hint else ""))
+        choice("schedule position", self.at, POSITIONS, "schedule.at")
         if self.factors and len(self.factors) != len(self.milestones):
             raise ConfigError(
                 f"schedule.factors has {len(self.factors)} values for {len(self.milestones)} milestones; give one lr "
@@ -265,36 +264,7 @@ class LRSchedule:
 
     def __call__(self, step: int) -> float:
         """The learning rate of the optimiser step that follows ``step`` finished steps."""
-        step = max(int(step), 0)
-        if self.kind == "constant":
-            return self.lr
-        if self.kind == "cyclic":
-            return 0.0 + (self.lr - 0.0) * self._cyclic_scale(step) * 1.0
-        if self.kind == "interp":
-            epochs = self.total_steps / self.steps_per_epoch
-            frac = peak_fraction(self.peak)
-            n_epochs = round(epochs) if float(epochs).is_integer() else epochs
-            knot = n_epochs * frac.numerator // frac.denominator
-            return float(np.interp([self._position(step)], [0, knot, n_epochs], [0, self.lr, 0])[0])
-        if self.kind == "multistep":
-            pos = self._position(step) + self.count_from
-            passed = sum(pos >= m for m in self.milestones)
-            if self.factors:
-                if passed == 0:
-                    return self.lr
-                f = self.factors[passed - 1]
-                if isinstance(f, Fraction):
-                    return self.lr * f.numerator / f.denominator
-                return self.lr * f
-            lr = self.lr
-            for _ in range(passed):
-                lr = lr * self.gamma  # chained, as MultiStepLR multiplies the group's lr at each milestone
-            return lr
-        if self.kind == "onecycle":
-            initial = self.lr / 25.0
-            return self._onecycle(step, initial, self.lr, initial / 1e4)
-        t = min(step, self.total_steps)
-        return self.lr * 0.5 * (1.0 + math.cos(math.pi * t / self.total_steps))
+        return SCHEDULES[self.kind](self, max(int(step), 0))
 
     def momentum(self, step: int) -> float | None:
         """The momentum (beta1) of the step after ``step`` finished steps, or None to leave the optimiser's."""
@@ -304,3 +274,51 @@ class LRSchedule:
             return self._onecycle(max(int(step), 0), self.max_momentum, self.base_momentum, self.max_momentum)
         scale = self._cyclic_scale(max(int(step), 0))
         return self.max_momentum - (self.max_momentum - self.base_momentum) * scale * 1.0
+
+
+@SCHEDULES.register("constant")
+def _constant(s: LRSchedule, step: int) -> float:
+    return s.lr
+
+
+@SCHEDULES.register("cyclic")
+def _cyclic(s: LRSchedule, step: int) -> float:
+    return 0.0 + (s.lr - 0.0) * s._cyclic_scale(step) * 1.0
+
+
+@SCHEDULES.register("interp")
+def _interp(s: LRSchedule, step: int) -> float:
+    epochs = s.total_steps / s.steps_per_epoch
+    frac = peak_fraction(s.peak)
+    n_epochs = round(epochs) if float(epochs).is_integer() else epochs
+    knot = n_epochs * frac.numerator // frac.denominator
+    return float(np.interp([s._position(step)], [0, knot, n_epochs], [0, s.lr, 0])[0])
+
+
+@SCHEDULES.register("multistep")
+def _multistep(s: LRSchedule, step: int) -> float:
+    pos = s._position(step) + s.count_from
+    passed = sum(pos >= m for m in s.milestones)
+    if s.factors:
+        if passed == 0:
+            return s.lr
+        f = s.factors[passed - 1]
+        if isinstance(f, Fraction):
+            return s.lr * f.numerator / f.denominator
+        return s.lr * f
+    lr = s.lr
+    for _ in range(passed):
+        lr = lr * s.gamma  # chained, as MultiStepLR multiplies the group's lr at each milestone
+    return lr
+
+
+@SCHEDULES.register("cosine")
+def _cosine(s: LRSchedule, step: int) -> float:
+    t = min(step, s.total_steps)
+    return s.lr * 0.5 * (1.0 + math.cos(math.pi * t / s.total_steps))
+
+
+@SCHEDULES.register("onecycle")
+def _onecycle(s: LRSchedule, step: int) -> float:
+    initial = s.lr / 25.0
+    return s._onecycle(step, initial, s.lr, initial / 1e4)

@@ -17,10 +17,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Sequence
 
-from ...errors import unknown_name
-from ...registry import check_options
+from ...registry import Registry
 from ..overfitting import Check
 
 KINDS = ("catastrophic_overfitting", "robust_overfitting")
@@ -75,18 +74,14 @@ class Rule:
         return self.__doc__.strip().splitlines()[0] if self.__doc__ else self.name
 
 
-RULES: dict[str, type[Rule]] = {}
-R = TypeVar("R", bound=type)
-
-
-def register_rule(cls: R) -> R:
-    """Class decorator: register a :class:`Rule` under its ``name``."""
-    if cls.name in RULES and RULES[cls.name] is not cls:
-        raise ValueError(f"two monitor rules are named {cls.name!r}")
+def _check_kind(name: str, cls: type[Rule]) -> None:
     if cls.kind not in KINDS:
-        raise ValueError(f"monitor rule {cls.name!r}: kind {cls.kind!r} is not one of {KINDS}")
-    RULES[cls.name] = cls
-    return cls
+        raise ValueError(f"monitor rule {name!r}: kind {cls.kind!r} is not one of {KINDS}")
+
+
+RULES: Registry[type[Rule]] = Registry("monitor rule", base=Rule, validate=_check_kind)
+"""The monitor rules by name; each is registered at its definition with ``@register_rule``."""
+register_rule = RULES.register
 
 
 def build_rule(spec: str | dict[str, Any], **defaults: Any) -> Rule:
@@ -94,9 +89,7 @@ def build_rule(spec: str | dict[str, Any], **defaults: Any) -> Rule:
     the spec does not set (e.g. the monitor's ``false_alarm``)."""
     spec = {"name": spec} if isinstance(spec, str) else dict(spec)
     name = spec.pop("name", None)
-    if name not in RULES:
-        raise unknown_name("monitor rule", str(name), RULES)
-    valid = check_options("monitor rule", RULES, name, spec, "monitor.rules")
+    valid = RULES.check(name, spec, "monitor.rules")
     options = {k: v for k, v in defaults.items() if k in valid and v is not None}
     options.update(spec)
     return RULES[name](**options)

@@ -13,23 +13,14 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Any, TypeVar
+from typing import Any
 
-from ...registry import build
+from ...registry import Registry
 from ..hooks import Procedure
 
-PROCEDURES: dict[str, type[Procedure]] = {}
-P = TypeVar("P", bound=type)
-
-
-def register_procedure(cls: P) -> P:
-    """Class decorator: register a :class:`Procedure` under its ``name``."""
-    if not (isinstance(cls, type) and issubclass(cls, Procedure)):
-        raise TypeError(f"register_procedure: {cls!r} is not a Procedure subclass")
-    if cls.name in PROCEDURES and PROCEDURES[cls.name] is not cls:
-        raise ValueError(f"two training procedures are named {cls.name!r}")
-    PROCEDURES[cls.name] = cls
-    return cls
+PROCEDURES: Registry[type[Procedure]] = Registry("training procedure", base=Procedure)
+"""The training procedures by name; each is registered at its definition with ``@register_procedure``."""
+register_procedure = PROCEDURES.register
 
 
 def build_procedure(spec: str | dict[str, Any]) -> Procedure:
@@ -37,7 +28,7 @@ def build_procedure(spec: str | dict[str, Any]) -> Procedure:
     valid choices."""
     spec = {"name": spec} if isinstance(spec, str) else dict(spec)
     name = spec.pop("name", None)
-    return build("training procedure", PROCEDURES, str(name), **spec)
+    return PROCEDURES.build(name, **spec)
 
 
 def _discover() -> None:
