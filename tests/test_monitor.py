@@ -199,6 +199,45 @@ def test_rollback_does_not_tie_the_optimizer_to_the_snapshot(tmp_path):
         assert torch.equal(s["momentum_buffer"], frozen[k]["momentum_buffer"]), k
 
 
+def test_rollback_restores_the_attack_state(tmp_path):
+    """fgsm_mep keeps a per-example prior and momentum that a checkpoint holds: a rollback restores them too (to the
+    snapshot's values, not tied to it), and a snapshot taken before an attack remedy leaves the new attack alone."""
+    trainer, mon = tiny_trainer(tmp_path, "train.epochs=1", "attack={name: fgsm_mep, bn_mode: train, reset_every: 0}",
+                                "monitor.action=rollback", "monitor.remedy={kind: lr, factor: 0.5}")
+    data = list(trainer.train_loader.iterate(0, with_indices=True))
+
+    def train(batches):
+        for x, y, i in batches:
+            trainer.train_step(x, y, indices=i)
+            trainer.step += 1
+
+    def buffers():
+        return {k: v.clone() for k, v in trainer.attack.state_dict().items() if torch.is_tensor(v)}
+
+    train(data[:2])
+    mon._take_snapshot(trainer)
+    frozen, weights = buffers(), {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    assert set(frozen) == {"prior", "momentum"}
+    train(data[:2])  # the same examples again: their prior and momentum move
+    moved = buffers()
+    assert not torch.equal(moved["prior"], frozen["prior"]) and not torch.equal(moved["momentum"], frozen["momentum"])
+    mon._rollback(trainer)
+    for k, v in buffers().items():
+        assert torch.equal(v, frozen[k]), k
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+    train(data[:2])
+    mon._rollback(trainer)  # training after the first rollback did not write into the snapshot
+    for k, v in buffers().items():
+        assert torch.equal(v, frozen[k]), k
+    # an attack remedy replaced fgsm_mep: rolling back to the same snapshot restores the rest, the new attack stays
+    from robustrain.training.remedies import build_remedy
+    trainer.apply(build_remedy({"kind": "attack", "name": "nfgsm"}, threat=mon.threat))
+    mon.rollbacks = 0
+    mon._rollback(trainer)
+    assert trainer.attack.name == "nfgsm" and mon.rollbacks == 1
+
+
 @pytest.mark.slow
 def test_rollback_limit_then_gives_up_and_stops(tmp_path):
     trainer, _ = tiny_trainer(tmp_path, "train.epochs=3")

@@ -8,7 +8,8 @@ steps since the previous check. The decisions are the registered rules of :mod:`
 the history, with thresholds stated against the sampling error of the check batch and the validation set; the
 robust-overfitting rule watches only the epochs after the schedule's first learning-rate decay unless told
 otherwise. Actions: ``warn`` (log the event), ``stop`` (end training; the validation-best checkpoint is kept by the
-checkpointer), ``rollback`` (restore the weights, optimiser, loss-term and procedure states of the last *healthy*
+checkpointer), ``rollback`` (restore the whole training state a checkpoint holds, weights, optimiser, loss terms,
+weight perturbation, procedures and the attack's per-example buffers, as of the last *healthy*
 check, apply a remedy through ``trainer.apply``, continue; after ``max_rollbacks`` it stops). A check is healthy
 when no rule fires and every catastrophic-overfitting rule's own healthy criterion holds (PGD accuracy at most half the drop threshold below its best; FGSM−PGD gap at
 most half-way from the healthy gap to the threshold): a check that passed while the collapse had already begun is
@@ -284,14 +285,9 @@ class OverfitMonitor(Callback):
         trainer.emit(event)
 
     def _take_snapshot(self, trainer: "Trainer") -> None:
-        self.snapshot = {
-            "model": {k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
-            "optimizer": copy.deepcopy(trainer.optimizer.state_dict()),
-            "loss_terms": {t.name: copy.deepcopy(t.state_dict()) for t in trainer.loss_terms},
-            "procedures": [copy.deepcopy(p.state_dict()) for p in trainer.procedures],
-            "n_checks": len(self.checks),
-            "step": trainer.step,
-        }
+        """A copy of the whole training state a checkpoint holds (:meth:`Trainer.training_state`: weights,
+        optimiser, loss terms, weight perturbation, procedures, the attack's per-example buffers)."""
+        self.snapshot = {**copy.deepcopy(trainer.training_state()), "n_checks": len(self.checks), "step": trainer.step}
 
     def _rollback(self, trainer: "Trainer") -> None:
         if self.rollbacks >= self.max_rollbacks or self.snapshot is None:
@@ -301,16 +297,9 @@ class OverfitMonitor(Callback):
             trainer.should_stop = True
             return
         snap = self.snapshot
-        trainer.model.load_state_dict(snap["model"])
-        # a copy: Optimizer.load_state_dict keeps the given tensors, and later steps update them in place
-        trainer.optimizer.load_state_dict(copy.deepcopy(snap["optimizer"]))
-        for term in trainer.loss_terms:
-            if term.name in snap["loss_terms"]:
-                term.load_state_dict(copy.deepcopy(snap["loss_terms"][term.name]))
-        procedures = snap.get("procedures", [])  # absent in snapshots written before procedures existed
-        if len(procedures) == len(trainer.procedures):
-            for proc, state in zip(trainer.procedures, procedures):
-                proc.load_state_dict(copy.deepcopy(state))
+        # not strict: a snapshot taken before an earlier remedy changed the composition restores what it holds
+        trainer.load_training_state(snap, source=f"the monitor's snapshot of step {snap['step']}", strict=False,
+                                    keep=True)
         del self.checks[snap["n_checks"]:]
         self.rollbacks += 1
         spec = self.remedy.spec()

@@ -127,6 +127,7 @@ class Trainer:
         self.should_stop = False
         self.lr_scale = 1.0  # a remedy (e.g. the overfitting monitor's) may lower the scheduled lr
         self.remedies: list[dict[str, Any]] = []  # the specs of the remedies applied (in this process), in order
+        self.val_result: Any = None  # the last validation's per-example flags (EvalResult; the monitor reads them)
         for proc in self.procedures:
             proc.setup(epochs=self.epochs, steps_per_epoch=self.steps_per_epoch)
 
@@ -362,6 +363,7 @@ class Trainer:
         attacks.update(self.extra_val_attacks)  # after "robust": its random starts stay those of earlier runs
         res = evaluate(self.eval_model("validation"), self.val_loader.iterate(0), attacks, generator=gen,
                        amp_dtype=self.amp_dtype, distributed=self.dist.enabled)
+        self.val_result = res  # per-example flags, same images in the same order every epoch
         return {f"val_{k}_acc": v for k, v in res.accuracy().items()}
 
     def eval_model(self, purpose: str) -> nn.Module:
@@ -402,19 +404,68 @@ class Trainer:
         return {
             **({"eval_model": final.state_dict(), "eval_weights": source} if source is not None else {}),
             "version": CHECKPOINT_VERSION,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
             "trainer": {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
                         "history": self.history, "seed": self.seed},
             "rng": rng_state(self.generator),
             **({"rng_ranks": gather_objects(rng_state(self.generator))} if self.dist.enabled else {}),
             "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
+            **self.training_state(),
+            "config": self.config,
+        }
+
+    def training_state(self) -> dict[str, Any]:
+        """The state of what is being trained, as a checkpoint holds it: model, optimiser, loss terms, weight
+        perturbation, procedures and the training attack (``fgsm_mep``'s per-example buffers). Not progress, RNGs
+        or callbacks. The overfitting monitor's rollback snapshot is a copy of it. The tensors are the live ones:
+        ``copy.deepcopy`` to keep them."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
             "loss_terms": {t.name: t.state_dict() for t in self.loss_terms},
             "weight_perturbation": self.weight_perturbation.state_dict() if self.weight_perturbation else {},
             **({"procedures": [p.state_dict() for p in self.procedures]} if self.procedures else {}),
-            **({"attack": self.attack.state_dict()} if hasattr(self.attack, "state_dict") else {}),
-            "config": self.config,
+            **({"attack": self.attack.state_dict(), "attack_name": self.attack.name}
+               if hasattr(self.attack, "state_dict") else {}),
         }
+
+    def load_training_state(self, state: dict[str, Any], *, source: str = "the snapshot", strict: bool = True,
+                            keep: bool = False) -> None:
+        """Restore :meth:`training_state` (from a checkpoint or a rollback snapshot). ``strict``: a part this run
+        has and ``state`` lacks (procedures, the attack's state) is an error; not strict (a rollback to a snapshot
+        taken before a remedy changed the composition): such parts are left as they are, and the attack's state is
+        restored only into an attack of the same name. ``keep``: ``state`` is kept by the caller (a snapshot restored
+        again later): the parts whose loaders hold on to the given tensors (optimiser, loss terms, procedures) get
+        copies, so training does not write into it."""
+        own = copy.deepcopy if keep else (lambda obj: obj)
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise CheckpointError(
+                f"{source} does not fit this model ({str(e)[:300]}); resume with the config the run was started with "
+                "(config.yaml in the run folder)."
+            ) from e
+        self.optimizer.load_state_dict(own(state["optimizer"]))  # it keeps the tensors, later steps update them
+        for term in self.loss_terms:
+            if term.name in state["loss_terms"]:
+                term.load_state_dict(own(state["loss_terms"][term.name]))
+        if self.weight_perturbation is not None:
+            self.weight_perturbation.load_state_dict(own(state["weight_perturbation"]))
+        if self.procedures:
+            states = state.get("procedures", [])
+            if len(states) == len(self.procedures):
+                for proc, s in zip(self.procedures, states):
+                    proc.load_state_dict(own(s))
+            elif strict:
+                raise CheckpointError(
+                    f"{source} holds the state of {len(states)} training procedure(s), this run has "
+                    f"{len(self.procedures)} ({', '.join(p.name for p in self.procedures)}); resume with the config "
+                    "the run was started with (config.yaml in the run folder).")
+        if hasattr(self.attack, "load_state_dict"):  # an attack with state (fgsm_mep's per-example buffers)
+            if "attack" in state and state.get("attack_name", self.attack.name) == self.attack.name:
+                self.attack.load_state_dict(state["attack"])  # the attack copies what it keeps
+            elif strict:
+                raise CheckpointError(f"{source} holds no state for the {self.attack.name} attack, "
+                                      "so the run cannot resume exactly; start it again.")
 
     def save_checkpoint(self, path: str | Path) -> None:
         """Write the checkpoint (in a process group: every rank calls this, rank 0 writes, all wait for it)."""
@@ -431,14 +482,6 @@ class Trainer:
                 f"checkpoint {str(path)!r} has format version {ckpt.get('version')!r}; this robustrain reads "
                 f"version {CHECKPOINT_VERSION}."
             )
-        try:
-            self.model.load_state_dict(ckpt["model"])
-        except RuntimeError as e:
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} does not fit this model ({str(e)[:300]}); resume with the config the "
-                "run was started with (config.yaml in the run folder)."
-            ) from e
-        self.optimizer.load_state_dict(ckpt["optimizer"])
         t = ckpt["trainer"]
         self.epoch, self.batch_in_epoch, self.step = t["epoch"], t["batch_in_epoch"], t["step"]
         self.history = list(t["history"])
@@ -452,25 +495,8 @@ class Trainer:
                 cb.load_state_dict(ckpt["callbacks"][cb.state_key])
         for cb in self.callbacks:  # may change the composition (e.g. re-apply a monitor's remedies)
             cb.on_checkpoint_loaded(self)
-        for term in self.loss_terms:
-            if term.name in ckpt["loss_terms"]:
-                term.load_state_dict(ckpt["loss_terms"][term.name])
-        if self.weight_perturbation is not None:
-            self.weight_perturbation.load_state_dict(ckpt["weight_perturbation"])
-        if self.procedures:
-            states = ckpt.get("procedures", [])
-            if len(states) != len(self.procedures):
-                raise CheckpointError(
-                    f"checkpoint {str(path)!r} holds the state of {len(states)} training procedure(s), this run has "
-                    f"{len(self.procedures)} ({', '.join(p.name for p in self.procedures)}); resume with the config "
-                    "the run was started with (config.yaml in the run folder).")
-            for proc, state in zip(self.procedures, states):
-                proc.load_state_dict(state)
-        if hasattr(self.attack, "load_state_dict"):  # an attack with state (fgsm_mep's per-example buffers)
-            if "attack" not in ckpt:
-                raise CheckpointError(f"checkpoint {str(path)!r} holds no state for the {self.attack.name} attack, "
-                                      "so the run cannot resume exactly; start it again.")
-            self.attack.load_state_dict(ckpt["attack"])
+        # after the remedies: a term or attack a remedy brought in gets its state too
+        self.load_training_state(ckpt, source=f"checkpoint {str(path)!r}")
 
 
 def _takes_model(hook: Any) -> bool:
