@@ -39,7 +39,7 @@ def assert_unchanged(model: nn.Module, before) -> None:
 
 
 def attack_kwargs(name: str) -> dict:
-    return {"steps": 3, "restarts": 2} if name == "pgd" else {}
+    return {"steps": 3, "restarts": 2} if name in ("pgd", "cw") else {}
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def model_with_bn():
 
 
 @pytest.mark.slow
-@given(name=st.sampled_from(sorted(ATTACKS)), norm=st.sampled_from(["linf", "l2"]), eps=st.floats(0.0, 0.4),
+@given(name=st.sampled_from(sorted(ATTACKS)), norm=st.sampled_from(["linf", "l2", "l1"]), eps=st.floats(0.0, 0.4),
        bn_mode=st.sampled_from(["eval", "train"]), training=st.booleans(), seed=st.integers(0, 10_000),
        n=st.integers(1, 9))
 def test_outputs_stay_in_threat_model_and_model_is_untouched(model_with_bn, digits, name, norm, eps, bn_mode,
@@ -62,7 +62,7 @@ def test_outputs_stay_in_threat_model_and_model_is_untouched(model_with_bn, digi
         for p in model.parameters():
             p.grad = None
     x, y = digits_batch(digits[0], n, offset=seed % 1000)
-    threat = make_threat(norm, eps if norm == "linf" else 4 * eps)
+    threat = make_threat(norm, {"linf": eps, "l2": 4 * eps, "l1": 20 * eps}[norm])
     attack = build_attack(name, threat, bn_mode=bn_mode, **attack_kwargs(name))
     before = snapshot(model)
     res = attack(model, x, y, generator=torch.Generator().manual_seed(seed))
@@ -459,7 +459,7 @@ def test_settings_round_trip_the_configured_values(configured):
 def test_settings_state_the_real_step_and_its_rule():
     threat = make_threat("linf", 8 / 255)
     expected = {"fgsm": (8 / 255, "ε"), "fgsm_rs": (10 / 255, "1.25·ε"), "nfgsm": (8 / 255, "ε"),
-                "pgd": (2 / 255, "ε/4"), "trades": (2 / 255, "ε/4"), "fgsm_mep": (8 / 255, "ε")}
+                "pgd": (2 / 255, "ε/4"), "trades": (2 / 255, "ε/4"), "fgsm_mep": (8 / 255, "ε"), "cw": (2 / 255, "ε/4")}
     assert set(expected) == set(ATTACKS)
     for name, (step, rule) in expected.items():
         s = build_attack(name, threat).settings()

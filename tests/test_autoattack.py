@@ -291,40 +291,33 @@ def test_cli_evaluates_a_module_factory_model(trained_digits_model, tmp_path, mo
     assert "--eps" in capsys.readouterr().err
 
 
-def test_official_backend_is_driven_stage_by_stage(trained_digits_model, data, monkeypatch):
-    """Without the official package installed, a stand-in with its API checks that each stage configures and calls
-    the right component with the cascade's points (the attacks themselves are not exercised here)."""
-    import sys
-    import types
+def test_official_backend_runs_the_cascade_as_torchattacks_does(recorded, trained_digits_model, data, monkeypatch):
+    """The official AutoAttack code (PyPI pyautoattack, for real): each stage builds the right official component
+    with the stage's settings and gets the cascade's points; per-stage robust accuracy matches the torchattacks
+    backend's on the same examples and seeds (within 2 of 60 examples)."""
+    from robustrain.evaluation.backends import OfficialBackend
 
-    calls = []
+    built = []
+    original = OfficialBackend.build
 
-    class Component:
-        def __init__(self, name):
-            self.name = name
+    def spy(self, model, spec, **kw):
+        atk = original(self, model, spec, **kw)
+        built.append((spec.name, type(atk).__name__, dict(vars(atk))))
+        return atk
 
-        def perturb(self, x, y):
-            calls.append((self.name, dict(vars(self)), x.shape[0]))
-            return x.clone()
-
-    class FakeAutoAttack:
-        def __init__(self, model, norm, eps, seed, verbose, version, device):
-            assert (norm, eps, version) == ("Linf", EPS, "standard")
-            self.apgd, self.apgd_targeted = Component("apgd"), Component("apgd_targeted")
-            self.fab, self.square = Component("fab"), Component("square")
-
-    monkeypatch.setitem(sys.modules, "autoattack", types.SimpleNamespace(AutoAttack=FakeAutoAttack, __version__="0"))
+    monkeypatch.setattr(OfficialBackend, "build", spy)
     report, _ = evaluate_robustness(trained_digits_model, *data, quick_plan(attacks=["clean", "autoattack"],
                                                                             backend="autoattack"), num_classes=10)
-    assert report["backend"] == {"name": "autoattack", "version": "0"}
-    n_clean = int(report["accuracy"]["clean"] * N + 0.5)
-    by_stage = [(name, attrs) for name, attrs, _ in calls]
-    order = [n for i, (n, _) in enumerate(by_stage) if i == 0 or by_stage[i - 1][0] != n]
-    assert order == ["apgd", "apgd_targeted", "fab", "square"]
-    for stage in order:  # every stage gets the clean-correct points (nothing was broken), in batches of 25
-        assert [k for name, _, k in calls if name == stage] == [min(25, n_clean - i) for i in range(0, n_clean, 25)]
-    apgd, apgdt, fab, square = (next(a for n, a in by_stage if n == stage) for stage in order)
-    assert apgd["loss"] == "ce" and apgd["n_iter"] == 4 and apgd["n_restarts"] == 1
-    assert apgdt["n_target_classes"] == 9 and fab["targeted"] is True and fab["n_target_classes"] == 9
-    assert square["n_queries"] == 30
-    assert report["accuracy"]["autoattack"] == report["accuracy"]["clean"]  # the stand-in breaks nothing
+    validate_report(report)
+    assert report["backend"]["name"] == "autoattack" and report["backend"]["version"].startswith("pyautoattack")
+    order = [n for i, (n, _, _) in enumerate(built) if i == 0 or built[i - 1][0] != n]
+    assert order == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    kinds = {n: (cls, attrs) for n, cls, attrs in built}
+    assert kinds["apgd-ce"][0] == "APGDAttack" and kinds["apgd-ce"][1]["loss"] == "ce"
+    assert kinds["apgd-ce"][1]["n_iter"] == 4 and kinds["apgd-ce"][1]["n_restarts"] == 1
+    assert kinds["apgd-t"][0] == "APGDAttack_targeted" and kinds["apgd-t"][1]["n_target_classes"] == 9
+    assert kinds["fab-t"][1]["targeted"] is True and kinds["fab-t"][1]["n_target_classes"] == 9
+    assert kinds["square"][0] == "SquareAttack" and kinds["square"][1]["n_queries"] == 30
+    ported = recorded[0]
+    for name in ("clean", "apgd-ce", "apgd-t", "fab-t", "square"):
+        assert abs(report["accuracy"][name] - ported["accuracy"][name]) <= 2 / N + 1e-9, name

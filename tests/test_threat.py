@@ -80,3 +80,68 @@ def test_bad_threat_inputs():
         make_threat("l3", 0.1)
     with pytest.raises(ValueError, match="eps"):
         make_threat("linf", -1)
+
+
+# -- L1 ball ∩ box: the exact projection --------------------------------------------------------------------
+def _l1_box_by_bisection(delta, x, radius):
+    """The projection's closed form with λ found by bisection (float64), the reference for the sorted solver."""
+    a = delta.abs().double()
+    u = (torch.where(delta > 0, 1 - x, x).double() if x is not None else torch.full_like(a, math.inf))
+    def f(lam):
+        return torch.minimum((a - lam[:, None]).clamp_min(0), u).sum(1)
+    lo, hi = torch.zeros(a.shape[0], dtype=torch.float64), a.amax(1) + 1
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        big = f(mid) > radius
+        lo, hi = torch.where(big, mid, lo), torch.where(big, hi, mid)
+    lam = torch.where(f(torch.zeros_like(lo)) > radius, hi, torch.zeros_like(hi))
+    return delta.double().sign() * torch.minimum((a - lam[:, None]).clamp_min(0), u)
+
+
+@given(b=st.integers(1, 5), d=st.integers(1, 60), radius=st.floats(0.0, 8.0), scale=st.floats(0.01, 5.0),
+       seed=st.integers(0, 2**31 - 1), binary=st.booleans(), box=st.booleans())
+def test_l1_box_projection_is_exact_and_inside(b, d, radius, scale, seed, binary, box):
+    from robustrain.threat import project_l1_box
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(b, d, generator=g, dtype=torch.float64)
+    if binary:  # pixels on the box's faces: no room on one side
+        x = (x > 0.5).double()
+    delta = torch.randn(b, d, generator=g, dtype=torch.float64) * scale
+    p = project_l1_box(delta, radius, x if box else None)
+    assert (p.abs().sum(1) <= radius * (1 + 1e-12) + 1e-12).all()
+    if box:
+        assert ((x + p) >= 0).all() and ((x + p) <= 1).all()
+    assert torch.allclose(p, _l1_box_by_bisection(delta, x if box else None, radius), atol=1e-9)
+    assert torch.allclose(project_l1_box(p, radius, x if box else None), p, atol=1e-9)  # idempotent
+    # no feasible point is closer (a random feasible point, and the box-clipped input scaled into the ball)
+    q = project_l1_box(torch.randn(b, d, generator=g, dtype=torch.float64), radius, x if box else None)
+    assert ((p - delta).norm(dim=1) <= (q - delta).norm(dim=1) + 1e-9).all()
+
+
+@given(shape=shapes, eps=st.floats(0.0, 30.0), seed=st.integers(0, 2**31 - 1))
+def test_l1_every_output_is_inside_ball_and_box(shape, eps, seed):
+    """fp32 images: random starts, projections and PGD steps of the L1 threat model never leave ball ∩ box."""
+    from robustrain.kernels import ascent_step
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(shape, generator=g)
+    threat = make_threat("l1", eps)
+    start = threat.random_init(x, torch.Generator().manual_seed(seed))
+    proj = threat.project_feasible(x, torch.randn(shape, generator=g) * 10)
+    step = ascent_step(threat, start, torch.randn(shape, generator=g), x, eps)
+    for delta in (start, proj, step):
+        assert delta.dtype == torch.float32
+        assert threat.contains(x, x + delta, atol=0).all()
+        assert ((x + delta) >= 0).all() and ((x + delta) <= 1).all()
+
+
+def test_l1_ascent_direction_is_sparse_with_unit_norm():
+    from robustrain.threat import L1Ball
+
+    g = torch.randn(3, 1, 20, 20)
+    d = L1Ball(1.0).ascent_direction(g)
+    assert torch.allclose(d.flatten(1).abs().sum(1), torch.ones(3))
+    assert ((d.flatten(1) != 0).sum(1) == 4).all()  # 1 % of 400 coordinates
+    top = g.flatten(1).abs().argmax(1)
+    assert torch.equal(d.flatten(1).gather(1, top[:, None]).sign(), g.flatten(1).gather(1, top[:, None]).sign())

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..registry import keyword_arguments
 from ..threat import ThreatModel
 from .base import ATTACKS, Attack, AttackResult, LossFn, attack_guard, cross_entropy, register_attack
+from .cw import CW, cw_margin
 from .fgsm import FGSM
 from .fgsm_mep import FGSMMEP
 from .fgsm_rs import FGSMRS
@@ -25,6 +26,6 @@ def build_attack(name: str, threat: ThreatModel, **kwargs) -> Attack:
 
 
 __all__ = [
-    "ATTACKS", "Attack", "AttackResult", "FGSM", "FGSMMEP", "FGSMRS", "LossFn", "NFGSM", "PGD", "TRADESAttack",
-    "attack_arguments", "attack_guard", "build_attack", "cross_entropy", "kl_from_clean", "register_attack",
+    "ATTACKS", "Attack", "AttackResult", "CW", "FGSM", "FGSMMEP", "FGSMRS", "LossFn", "NFGSM", "PGD", "TRADESAttack",
+    "attack_arguments", "attack_guard", "build_attack", "cross_entropy", "cw_margin", "kl_from_clean", "register_attack",
 ]

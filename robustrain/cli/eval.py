@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..evaluation.backends import BACKENDS
+from ..evaluation.autoattack import COMPONENTS
 from ..evaluation.pipeline import AUTOATTACK_NAMES, DEFAULT_PGD, EvalPlan, evaluate_robustness
 from ..evaluation.report import write_report
 from ..runlock import folder_lock
@@ -23,10 +24,11 @@ def add_arguments(e: argparse.ArgumentParser) -> None:
                         "inside); TARGET is then omitted")
     e.add_argument("--weights", help="state dict file for --model (loaded with weights_only=True)")
     e.add_argument("--dataset", default="cifar10", help="dataset for --model (default cifar10)")
-    e.add_argument("--norm", choices=["linf", "l2"], help="threat model (default: the run's, else linf)")
+    e.add_argument("--norm", choices=["linf", "l2", "l1"], help="threat model (default: the run's, else linf)")
     e.add_argument("--version", default="standard", choices=["standard", "plus", "rand"], help="AutoAttack version")
-    e.add_argument("--backend", default="torchattacks", choices=list(BACKENDS),
-                   help="who runs the AutoAttack components (autoattack: the official package, if installed)")
+    e.add_argument("--backend", choices=list(BACKENDS),
+                   help="who runs the AutoAttack components: torchattacks (default for linf, l2) or autoattack (the "
+                        "official code, PyPI pyautoattack; the default for l1)")
     e.add_argument("--aa-steps", type=int, default=100, help="APGD/FAB iterations (100 is the standard; "
                                                              "anything else is reported as non-standard)")
     e.add_argument("--square-queries", type=int, default=5000, help="Square queries (5000 is the standard)")
@@ -34,12 +36,20 @@ def add_arguments(e: argparse.ArgumentParser) -> None:
 
 
 def _sections(args: argparse.Namespace, known: dict[str, dict], names: list[str], norm: str) -> dict[str, dict]:
+    from ..attacks import ATTACKS
     from ..config import check_attack_section
 
     out = {}
     for name in names:
-        if name == "clean" or name in AUTOATTACK_NAMES:
+        if name == "clean" or name in AUTOATTACK_NAMES or name in COMPONENTS:
             continue
+        if name not in known and name not in ATTACKS:
+            from ..errors import closest
+
+            hint = closest(name, [*AUTOATTACK_NAMES, *COMPONENTS, *ATTACKS])
+            raise ConfigError(f"--attack {name!r} is not an attack; expected a comma-separated list of autoattack (the "
+                              f"cascade), AutoAttack components ({', '.join(COMPONENTS)}) and robustrain attacks "
+                              f"({', '.join(sorted(ATTACKS))})." + (f" Did you mean {hint!r}?" if hint else ""))
         section = dict(known.get(name) or (DEFAULT_PGD if name == "pgd" else {"name": name}))
         for key in ("steps", "restarts", "step"):
             value = getattr(args, key)

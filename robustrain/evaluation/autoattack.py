@@ -9,6 +9,13 @@ The versions follow the official code (fra31/auto-attack, ``set_version``):
 * ``rand`` (for randomised defences): APGD-CE and APGD-DLR, 1 restart, expectation over 20 transformations (EOT).
 
 With fewer than 10 classes the targeted attacks use every other class (``num_classes - 1`` targets).
+For the L1 threat model (``standard``) APGD-CE runs 5 restarts and APGD-CE / APGD-T use the official ε schedule
+(3ε, 2ε, then ε over 30 / 30 / 40 % of the iterations, ``largereps``), APGD-T with 5 target classes, as the official
+``_set_version`` does for ``norm='L1'``.
+
+Each component also runs alone (:func:`component_spec`, ``robustrain eval --attack apgd-ce,square``) with the
+settings of the first version that contains it: ``standard`` for APGD-CE, APGD-T, FAB-T and Square, ``plus`` for
+APGD-DLR and FAB (5 restarts each).
 
 The cascade is generic: each :class:`Stage` attacks the points still robust after the stage named in its
 ``after`` and records which points it attacked, the robust flags after it and its runtime. One evaluation may
@@ -32,6 +39,8 @@ from .state import EvalState, flags_to_str, str_to_flags
 VERSIONS = ("standard", "plus", "rand")
 STANDARD_STEPS = 100
 STANDARD_QUERIES = 5000
+COMPONENTS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
+"""The AutoAttack components that run standalone, by the names the official code logs them with."""
 
 
 @dataclass(frozen=True)
@@ -45,8 +54,8 @@ class StageSpec:
 
 
 def autoattack_stages(version: str, num_classes: int, *, steps: int = STANDARD_STEPS,
-                      queries: int = STANDARD_QUERIES) -> list[StageSpec]:
-    """The stages of AutoAttack ``version`` for a ``num_classes``-way classifier.
+                      queries: int = STANDARD_QUERIES, norm: str = "linf") -> list[StageSpec]:
+    """The stages of AutoAttack ``version`` for a ``num_classes``-way classifier under the ``norm`` threat model.
 
     ``steps`` and ``queries`` exist for tests and quick looks; anything else than 100 / 5,000 is not the
     standard evaluation and the report says so.
@@ -59,6 +68,8 @@ def autoattack_stages(version: str, num_classes: int, *, steps: int = STANDARD_S
         raise ConfigError(f"AutoAttack steps and queries must be >= 1, got steps={steps}, queries={queries}.")
     targets = min(9, num_classes - 1)
     apgd = {"steps": steps, "restarts": 1, "eot_iter": 1, "rho": 0.75}
+    if norm == "l1":
+        apgd["largereps"] = True
     fab = {"steps": steps, "restarts": 1, "alpha_max": 0.1, "eta": 1.05, "beta": 0.9}
     square = {"queries": queries, "restarts": 1, "p_init": 0.8, "rescale_schedule": False}
 
@@ -66,8 +77,9 @@ def autoattack_stages(version: str, num_classes: int, *, steps: int = STANDARD_S
         return StageSpec(name, kind, settings, version)
 
     if version == "standard":
-        return [spec("apgd-ce", "apgd", loss="ce", **apgd),
-                spec("apgd-t", "apgd-t", **apgd, target_classes=targets),
+        l1 = norm == "l1"
+        return [spec("apgd-ce", "apgd", loss="ce", **{**apgd, "restarts": 5 if l1 else 1}),
+                spec("apgd-t", "apgd-t", **apgd, target_classes=min(5, targets) if l1 else targets),
                 spec("fab-t", "fab-t", **fab, target_classes=targets),
                 spec("square", "square", **square)]
     if version == "plus":
@@ -79,6 +91,17 @@ def autoattack_stages(version: str, num_classes: int, *, steps: int = STANDARD_S
                 spec("fab-t", "fab-t", **fab, target_classes=targets)]
     return [spec("apgd-ce", "apgd", loss="ce", **{**apgd, "eot_iter": 20}),
             spec("apgd-dlr", "apgd", loss="dlr", **{**apgd, "eot_iter": 20})]
+
+
+def component_spec(name: str, num_classes: int, *, steps: int = STANDARD_STEPS, queries: int = STANDARD_QUERIES,
+                   norm: str = "linf") -> StageSpec:
+    """The AutoAttack component ``name`` (one of :data:`COMPONENTS`) as it runs alone: the settings of the first
+    version that holds it (``standard``, else ``plus``)."""
+    for version in ("standard", "plus"):
+        for spec in autoattack_stages(version, num_classes, steps=steps, queries=queries, norm=norm):
+            if spec.name == name:
+                return spec
+    raise ConfigError(f"no AutoAttack component {name!r}; expected one of {', '.join(COMPONENTS)}.")
 
 
 # -- the cascade ------------------------------------------------------------------------------------------
@@ -132,7 +155,7 @@ class CascadeResult:
 def _progress(stage: Stage, total: int, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=f"{stage.name:>12}", unit="batch", file=sys.stderr, disable=not enabled,
+    return tqdm(total=total, desc=f"{stage.name:>12}", unit="ex", file=sys.stderr, disable=not enabled,
                 leave=True, dynamic_ncols=True)
 
 
@@ -181,8 +204,8 @@ def run_cascade(model: nn.Module, x: Tensor, y: Tensor, stages: list[Stage], thr
             continue
         idx = rec.attacked.nonzero().flatten()
         n_batches = -(-idx.numel() // batch_size)
-        bar = _progress(stage, n_batches, progress)
-        bar.update(rec.next_batch)
+        bar = _progress(stage, idx.numel(), progress)
+        bar.update(min(rec.next_batch * batch_size, idx.numel()))
         for first_b in range(rec.next_batch, n_batches, world):
             t0 = time.perf_counter()
             b = first_b + rank
@@ -201,8 +224,11 @@ def run_cascade(model: nn.Module, x: Tensor, y: Tensor, stages: list[Stage], thr
             rec.next_batch = min(first_b + world, n_batches)
             state.stages[stage.name] = rec.to_state()
             state.save()
-            bar.update(rec.next_batch - first_b)
-            bar.set_postfix_str(f"robust acc {100 * rec.robust.float().mean().item():.2f}%")
+            n_done = min(rec.next_batch * batch_size, idx.numel())  # the points attacked so far, by every rank
+            bar.update(n_done - bar.n)
+            done = idx[:n_done]  # points still to come are not counted as robust
+            bar.set_postfix_str(f"{'correct' if stage.runner is None else 'robust'} "
+                                f"{100 * rec.robust[done].float().mean().item():.2f}% of {done.numel()}")
         bar.close()
         rec.done = True
         state.stages[stage.name] = rec.to_state()

@@ -1,8 +1,15 @@
 """Who runs the AutoAttack components: torchattacks (configured to the standard settings) or the official package.
 
-A backend turns one stage description (:class:`~robustrain.evaluation.autoattack.StageSpec`) into adversarial
-examples for a batch of still-robust points. The cascade (which points, in which order, the bookkeeping) is
-robustrain's own for both backends, so both give the same per-stage report.
+A backend turns one component description (:class:`~robustrain.evaluation.autoattack.StageSpec`: APGD-CE,
+APGD-DLR, APGD-T, FAB, FAB-T, Square) into adversarial examples for a batch of points. The cascade (which points,
+in which order, the bookkeeping) is robustrain's own for both backends, so both give the same per-stage report, and
+the same components run standalone (``robustrain eval --attack apgd-ce,square``).
+
+* ``torchattacks``: torchattacks' APGD / APGDT / FAB / Square (L∞ and L2 only).
+* ``autoattack``: the official code of Croce & Hein (fra31/auto-attack), as packaged on PyPI (``pyautoattack``; a
+  git install that imports as ``autoattack`` works too): its ``APGDAttack``, ``APGDAttack_targeted``,
+  ``FABAttack_PT`` and ``SquareAttack`` built with the stage's settings, for L∞, L2 and L1 (APGD-L1 with the
+  official ε schedule 3ε, 2ε, ε for the L1 threat model, Square-L1).
 """
 from __future__ import annotations
 
@@ -17,7 +24,15 @@ from ..registry import Registry
 
 BACKENDS: Registry[type] = Registry("AutoAttack backend")
 """The AutoAttack backends by name; each is registered at its definition with ``@BACKENDS.register``."""
-_NORMS = {"linf": "Linf", "l2": "L2"}
+_NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
+OFFICIAL_MODULES = ("pyautoattack", "autoattack")
+"""Import names of the official AutoAttack code: the PyPI package ``pyautoattack``, then a git install."""
+
+
+def default_backend(norm: str) -> str:
+    """The backend used when none is named: torchattacks for L∞ / L2, the official code for L1 (torchattacks has no
+    L1 APGD or Square)."""
+    return "autoattack" if norm == "l1" else "torchattacks"
 
 
 class Backend(Protocol):
@@ -51,6 +66,9 @@ class TorchattacksBackend:
         return getattr(self._ta, "__version__", None)
 
     def build(self, model: nn.Module, spec, *, norm: str, eps: float, seed: int):
+        if norm not in ("linf", "l2"):
+            raise ConfigError(f"--backend torchattacks: torchattacks has no {norm} version of {spec.name}; use "
+                              "--backend autoattack (the official code, the default for --norm l1).")
         ta, s, n = self._ta, spec.settings, _NORMS[norm]
         if spec.kind == "apgd":
             atk = ta.APGD(model, norm=n, eps=eps, steps=s["steps"], n_restarts=s["restarts"], seed=seed,
@@ -78,51 +96,65 @@ class TorchattacksBackend:
             return atk(x, y).detach()
 
 
+def import_official():
+    """The official AutoAttack package (``pyautoattack``, else ``autoattack``), or a ConfigError saying how to get it."""
+    errors = []
+    for name in OFFICIAL_MODULES:
+        try:
+            return importlib.import_module(name)
+        except ImportError as e:
+            errors.append(f"{name}: {e}")
+    raise ConfigError("--backend autoattack: the official AutoAttack code is not importable ("
+                      + "; ".join(errors) + "). Install it with  pip install pyautoattack  (a dependency of "
+                      "robustrain) or use --backend torchattacks (L∞ and L2).")
+
+
 @BACKENDS.register
 class OfficialBackend:
-    """The official ``autoattack`` package (fra31/auto-attack): its own APGD / APGD-T / FAB / Square objects,
-    configured by its own ``set_version``, called stage by stage on the points robustrain's cascade hands over.
+    """The official AutoAttack code (fra31/auto-attack, PyPI ``pyautoattack``): its APGD / APGD-T / FAB / Square
+    classes built with the stage's settings (the ones its ``AutoAttack._set_version`` chooses for the version and
+    norm) and called on the points robustrain's cascade hands over.
+
+    The official attacks reseed the global torch RNG; each call runs inside ``torch.random.fork_rng``.
     """
 
     name = "autoattack"
 
     def __init__(self) -> None:
-        try:
-            self._aa = importlib.import_module("autoattack")
-        except ImportError as e:
-            raise ConfigError(
-                "--backend autoattack: the official autoattack package is not importable "
-                f"({e}). Install it (pip install git+https://github.com/fra31/auto-attack) or use "
-                "--backend torchattacks (the default)."
-            ) from e
+        self._aa = import_official()
+        pkg = self._aa.__name__
+        self._apgd = importlib.import_module(f"{pkg}.autopgd_base")
+        self._fab = importlib.import_module(f"{pkg}.fab_pt")
+        self._square = importlib.import_module(f"{pkg}.square")
 
     def version(self) -> str | None:
-        return getattr(self._aa, "__version__", "unknown (no __version__)")
+        return f"{self._aa.__name__} {getattr(self._aa, '__version__', 'unknown (no __version__)')}"
+
+    def build(self, model: nn.Module, spec, *, norm: str, eps: float, seed: int, device: torch.device):
+        s, n = spec.settings, _NORMS[norm]
+        common = {"norm": n, "eps": eps, "seed": seed, "verbose": False, "device": device}
+        if spec.kind == "apgd":
+            return self._apgd.APGDAttack(model, n_iter=s["steps"], n_restarts=s["restarts"], loss=s["loss"],
+                                         eot_iter=s["eot_iter"], rho=s["rho"],
+                                         use_largereps=s.get("largereps", False), **common)
+        if spec.kind == "apgd-t":
+            return self._apgd.APGDAttack_targeted(model, n_iter=s["steps"], n_restarts=s["restarts"],
+                                                  eot_iter=s["eot_iter"], rho=s["rho"],
+                                                  n_target_classes=s["target_classes"],
+                                                  use_largereps=s.get("largereps", False), **common)
+        if spec.kind in ("fab", "fab-t"):
+            return self._fab.FABAttack_PT(model, n_iter=s["steps"], n_restarts=s["restarts"], alpha_max=s["alpha_max"],
+                                          eta=s["eta"], beta=s["beta"], targeted=spec.kind == "fab-t",
+                                          n_target_classes=s.get("target_classes", 9), **common)
+        if spec.kind == "square":
+            return self._square.SquareAttack(model, n_queries=s["queries"], p_init=s["p_init"],
+                                             n_restarts=s["restarts"], resc_schedule=s["rescale_schedule"], **common)
+        raise ConfigError(f"autoattack backend: no component for stage kind {spec.kind!r}.")
 
     def perturb(self, model: nn.Module, spec, x: Tensor, y: Tensor, *, norm: str, eps: float, seed: int) -> Tensor:
-        adv = self._aa.AutoAttack(model, norm=_NORMS[norm], eps=eps, seed=seed, verbose=False, version=spec.version,
-                                  device=x.device)
-        s = spec.settings
+        atk = self.build(model, spec, norm=norm, eps=eps, seed=seed, device=x.device)
         with torch.random.fork_rng(devices=_rng_devices(x)):
-            # NOTE: set_version already chose these; they are set again so a reduced test setting reaches it too.
-            if spec.kind == "apgd":
-                a = adv.apgd
-                a.loss, a.n_iter, a.n_restarts, a.eot_iter = s["loss"], s["steps"], s["restarts"], s["eot_iter"]
-            elif spec.kind == "apgd-t":
-                a = adv.apgd_targeted
-                a.n_iter, a.n_restarts, a.n_target_classes = s["steps"], s["restarts"], s["target_classes"]
-            elif spec.kind in ("fab", "fab-t"):
-                a = adv.fab
-                a.targeted, a.n_iter, a.n_restarts = spec.kind == "fab-t", s["steps"], s["restarts"]
-                if spec.kind == "fab-t":
-                    a.n_target_classes = s["target_classes"]
-            elif spec.kind == "square":
-                a = adv.square
-                a.n_queries = s["queries"]
-            else:
-                raise ConfigError(f"autoattack backend: no component for stage kind {spec.kind!r}.")
-            a.seed = seed
-            return a.perturb(x, y).detach()
+            return atk.perturb(x, y).detach().to(x.dtype)
 
 
 def make_backend(name: str) -> Backend:

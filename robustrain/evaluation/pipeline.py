@@ -13,8 +13,9 @@ from ..attacks import attack_guard
 from ..errors import ConfigError, RobustrainError
 from ..provenance import package_versions
 from ..threat import ThreatModel
-from .autoattack import STANDARD_QUERIES, STANDARD_STEPS, CascadeResult, Stage, autoattack_stages, run_cascade
-from .backends import make_backend
+from .autoattack import (COMPONENTS, STANDARD_QUERIES, STANDARD_STEPS, CascadeResult, Stage, StageSpec,
+                         autoattack_stages, component_spec, run_cascade)
+from .backends import default_backend, make_backend
 from .report import SCHEMA_VERSION, data_sha256, model_sha256
 from .sanity import announce, checks_after, checks_before
 from .state import EvalState, flags_to_str
@@ -26,15 +27,18 @@ N_CHECK = 256
 
 @dataclass
 class EvalPlan:
-    """What to run. ``attacks`` lists ``clean`` (always run, first), ``autoattack`` and robustrain attack names;
-    ``sections`` gives the config section of each robustrain attack (default: PGD-50-10, step ε/4); the report
-    states each attack's :meth:`~robustrain.attacks.Attack.settings`."""
+    """What to run. ``attacks`` lists ``clean`` (always run, first), ``autoattack`` (the cascade), AutoAttack
+    components to run alone (:data:`~robustrain.evaluation.autoattack.COMPONENTS`: ``apgd-ce``, ``square``, ...,
+    each on every clean-correct point) and robustrain attack names (``pgd``, ``cw``, ...); ``sections`` gives the
+    config section of each robustrain attack (default: PGD-50-10, step ε/4); the report states each attack's
+    :meth:`~robustrain.attacks.Attack.settings`. ``backend`` runs the AutoAttack components (None: torchattacks
+    for L∞ / L2, the official code for L1)."""
 
     threat: ThreatModel
     attacks: list[str] = field(default_factory=lambda: ["clean", "pgd", "autoattack"])
     sections: dict[str, dict] = field(default_factory=dict)
     version: str = "standard"
-    backend: str = "torchattacks"
+    backend: str | None = None
     batch_size: int = 500
     seed: int = 0
     aa_steps: int = STANDARD_STEPS
@@ -56,36 +60,46 @@ def _attack_stage(name: str, section: dict, plan: EvalPlan) -> Stage:
     return Stage(label, label, "clean", settings, runner)
 
 
-def _autoattack_stages(plan: EvalPlan, num_classes: int) -> tuple[list[Stage], Any]:
-    backend = make_backend(plan.backend)
-    specs = autoattack_stages(plan.version, num_classes, steps=plan.aa_steps, queries=plan.square_queries)
-    stages, after = [], "clean"
-    for spec in specs:
-        def runner(model, x, y, b, spec=spec):
-            return backend.perturb(model, spec, x, y, norm=plan.threat.norm, eps=plan.threat.eps, seed=plan.seed)
+def _component_stage(spec: StageSpec, name: str, group: str, after: str, backend, plan: EvalPlan) -> Stage:
+    def runner(model, x, y, b):
+        return backend.perturb(model, spec, x, y, norm=plan.threat.norm, eps=plan.threat.eps, seed=plan.seed)
 
-        stages.append(Stage(spec.name, "autoattack", after, {"kind": spec.kind, "version": spec.version,
-                                                              **spec.settings}, runner))
-        after = spec.name
-    return stages, backend
+    return Stage(name, group, after, {"kind": spec.kind, "version": spec.version, **spec.settings}, runner)
+
+
+def backend_name(plan: EvalPlan) -> str:
+    """The backend that runs ``plan``'s AutoAttack components: the one named, else the norm's default."""
+    return plan.backend or default_backend(plan.threat.norm)
 
 
 def build_stages(plan: EvalPlan, num_classes: int) -> tuple[list[Stage], Any]:
-    """The stages of ``plan`` in run order, and the AutoAttack backend (None without AutoAttack)."""
-    stages = [Stage("clean", "clean", None, {})]
-    backend = None
-    unknown = [a for a in plan.attacks if a != "clean" and a not in AUTOATTACK_NAMES and a not in plan.sections
-               and a != "pgd"]
-    if unknown:
-        from ..attacks import ATTACKS
+    """The stages of ``plan`` in run order, and the AutoAttack backend (None when no component runs).
 
-        raise ConfigError(f"--attack: unknown {unknown}; expected clean, autoattack or one of {sorted(ATTACKS)}.")
+    Standalone components are named as given (``apgd-ce``); when the cascade also runs, its stages of the same name
+    are called ``autoattack/apgd-ce`` so every stage name is unique."""
+    from ..attacks import ATTACKS
+
+    stages = [Stage("clean", "clean", None, {})]
+    unknown = [a for a in plan.attacks if a != "clean" and a not in AUTOATTACK_NAMES and a not in COMPONENTS
+               and a not in plan.sections and a not in ATTACKS]
+    if unknown:
+        raise ConfigError(f"--attack: unknown {unknown}; expected clean, autoattack, an AutoAttack component "
+                          f"({', '.join(COMPONENTS)}) or a robustrain attack ({', '.join(sorted(ATTACKS))}).")
+    needs_backend = any(a in AUTOATTACK_NAMES or a in COMPONENTS for a in plan.attacks)
+    backend = make_backend(backend_name(plan)) if needs_backend else None
+    kw = {"steps": plan.aa_steps, "queries": plan.square_queries, "norm": plan.threat.norm}
     for a in plan.attacks:
         if a == "clean":
             continue
         if a in AUTOATTACK_NAMES:
-            aa, backend = _autoattack_stages(plan, num_classes)
-            stages += aa
+            after = "clean"
+            for spec in autoattack_stages(plan.version, num_classes, **kw):
+                name = f"autoattack/{spec.name}" if spec.name in plan.attacks else spec.name
+                stages.append(_component_stage(spec, name, "autoattack", after, backend, plan))
+                after = name
+        elif a in COMPONENTS:
+            stages.append(_component_stage(component_spec(a, num_classes, **kw), a, "component", "clean", backend,
+                                           plan))
         else:
             stages.append(_attack_stage(a, plan.sections.get(a, DEFAULT_PGD if a == "pgd" else {"name": a}), plan))
     return stages, backend
@@ -108,7 +122,7 @@ def evaluate_robustness(model: nn.Module, x: Tensor, y: Tensor, plan: EvalPlan, 
     stages, backend = build_stages(plan, num_classes)
     m_sha, d_sha = model_sha256(model), data_sha256(x, y)
     key_config = {"model": m_sha, "data": d_sha, "threat": [plan.threat.norm, plan.threat.eps], "seed": plan.seed,
-                  "batch_size": plan.batch_size, "backend": plan.backend if backend else None,
+                  "batch_size": plan.batch_size, "backend": backend.name if backend else None,
                   "stages": [[s.name, s.after, s.settings] for s in stages]}
     state, error = EvalState(None, ""), None
     try:
@@ -139,6 +153,7 @@ def evaluate_robustness(model: nn.Module, x: Tensor, y: Tensor, plan: EvalPlan, 
     aa = [r for r in recs if r.group == "autoattack"]
     if aa:
         acc["autoattack"] = acc[aa[-1].name]
+    components = any(r.group == "component" for r in recs)
     acc["worst_case"] = float(result.final.float().mean()) if n else 0.0
     report = {
         "schema_version": SCHEMA_VERSION,
@@ -149,7 +164,8 @@ def evaluate_robustness(model: nn.Module, x: Tensor, y: Tensor, plan: EvalPlan, 
         "backend": {"name": backend.name, "version": backend.version()} if backend else None,
         "seed": plan.seed, "batch_size": plan.batch_size, "n_ex": n,
         "settings": {s.name: s.settings for s in stages if s.group != "clean"},
-        "standard": (plan.aa_steps == STANDARD_STEPS and plan.square_queries == STANDARD_QUERIES) if aa else None,
+        "standard": ((plan.aa_steps == STANDARD_STEPS and plan.square_queries == STANDARD_QUERIES)
+                     if aa or components else None),
         "stages": [{"name": r.name, "group": r.group, "after": r.after, "settings": r.settings,
                     "n_attacked": int(r.attacked.sum()), "n_robust": int(r.robust.sum()), "robust_acc": acc[r.name],
                     "seconds": round(r.seconds, 3), "attacked": flags_to_str(r.attacked),

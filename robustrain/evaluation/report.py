@@ -36,7 +36,7 @@ ATTACK_SETTINGS: dict[str, Any] = {
     "required": ["name", "label", "norm", "radius", "scale", "step", "step_rule", "steps", "restarts", "start",
                  "projection", "box_clip", "max_norm", "bn_mode"],
     "properties": {
-        "name": {"type": "string"}, "label": {"type": "string"}, "norm": {"enum": ["linf", "l2"]},
+        "name": {"type": "string"}, "label": {"type": "string"}, "norm": {"enum": ["linf", "l2", "l1"]},
         "radius": _NUM0, "scale": _NUM0, "step": {"type": ["number", "null"], "minimum": 0},
         "step_rule": {"type": ["string", "null"]}, "steps": {"type": ["integer", "null"], "minimum": 1},
         "restarts": {"type": ["integer", "null"], "minimum": 1}, "start": {"type": ["string", "null"]},
@@ -44,8 +44,10 @@ ATTACK_SETTINGS: dict[str, Any] = {
         "bn_mode": {"enum": ["eval"]},
     },
 }
-"""The settings of a robustrain attack stage (``Attack.settings()``: any stage whose group is neither ``clean`` nor
-``autoattack``); evaluation attacks run the model in eval mode."""
+"""The settings of a robustrain attack stage (``Attack.settings()``: any stage whose group is not in
+:data:`NOT_ROBUSTRAIN`); evaluation attacks run the model in eval mode."""
+NOT_ROBUSTRAIN = ("clean", "autoattack", "component")
+"""Stage groups that are not robustrain attacks: clean accuracy, the AutoAttack cascade, a component run alone."""
 _CHECK = {
     "type": "object", "required": ["name", "when", "level", "message", "value"],
     "properties": {"name": {"type": "string"}, "when": {"enum": ["before", "after"]},
@@ -65,7 +67,7 @@ SCHEMA: dict[str, Any] = {
                  "properties": {"sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
                                 "n_ex": {"type": "integer", "minimum": 0}}},
         "threat": {"type": "object", "required": ["norm", "eps"],
-                   "properties": {"norm": {"enum": ["linf", "l2"]}, "eps": {"type": "number", "minimum": 0}}},
+                   "properties": {"norm": {"enum": ["linf", "l2", "l1"]}, "eps": {"type": "number", "minimum": 0}}},
         "attacks": {"type": "array", "items": {"type": "string"}},
         "backend": {"type": ["object", "null"], "required": ["name", "version"]},
         "seed": {"type": "integer"}, "batch_size": {"type": "integer", "minimum": 1},
@@ -132,7 +134,7 @@ def validate_report(report: dict[str, Any]) -> None:
     errs = schema_errors(report, SCHEMA)
     if not errs:
         for i, s in enumerate(report["stages"]):
-            if s["group"] not in ("clean", "autoattack"):
+            if s["group"] not in NOT_ROBUSTRAIN:
                 errs += schema_errors(s["settings"], ATTACK_SETTINGS, f"$.stages[{i}].settings")
                 errs += schema_errors(report["settings"].get(s["name"]), ATTACK_SETTINGS, f"$.settings.{s['name']}")
     if not errs:
@@ -204,7 +206,7 @@ def markdown(report: dict[str, Any]) -> str:
         + f"; seed {report['seed']}; batch size {report['batch_size']}"
         + ("" if report["standard"] is None else ("; standard AutoAttack settings" if report["standard"]
                                                   else "; **non-standard AutoAttack settings**")),
-        *(_attack_line(s["settings"]) for s in report["stages"] if s["group"] not in ("clean", "autoattack")),
+        *(_attack_line(s["settings"]) for s in report["stages"] if s["group"] not in NOT_ROBUSTRAIN),
         f"- **worst-case robust accuracy: {_pct(report['final']['robust_acc'])}%** "
         f"({report['final']['n_robust']}/{report['n_ex']}); total {report['runtime']['total_seconds']:.1f} s"
         + (" (resumed)" if report["resumed"] else ""),

@@ -146,12 +146,18 @@ def checks_after(records: list, n: int, num_classes: int, threat_desc: str) -> l
             f"clean accuracy {100 * acc:.1f}% is near chance ({100 * chance:.1f}%): wrong weights, wrong "
             "normalisation or a randomised model? Robust accuracy of such a model means nothing.",
             f"clean accuracy {100 * acc:.1f}% is above chance ({100 * chance:.1f}%)", clean=acc, chance=chance))
-    square = by.get("square")
-    if square is not None and n > 0:
-        broken = int((square.attacked & ~square.robust).sum())
+    white = [r for r in records if r.group != "clean" and r.settings.get("kind") != "square"]
+    white_broken = torch.zeros(n, dtype=torch.bool)
+    for r in white:
+        white_broken |= r.attacked & ~r.robust
+    for square in (r for r in records if r.settings.get("kind") == "square"):
+        if not white or n == 0:
+            continue
+        broken = int((square.attacked & ~square.robust & ~white_broken).sum())
         frac = broken / n
         out.append(_check(
-            "black_box_beats_white_box", "after", broken > 0 and frac >= 0.001, "warning",
+            "black_box_beats_white_box" + ("" if square.name == "square" else f":{square.name}"), "after",
+            broken > 0 and frac >= 0.001, "warning",
             f"Square (black-box) broke {broken} points ({100 * frac:.2f}%) that the gradient-based stages could not: "
             "a sign of gradient masking; the white-box numbers of this model are not reliable.",
             f"Square broke {broken} points the white-box stages missed", broken=broken, fraction=frac))

@@ -139,7 +139,7 @@ def ascent_step(threat: ThreatModel, delta: Tensor, grad: Tensor, x: Tensor, ste
         return l2_step(delta, grad, x, step, eps, backend=backend)
     choose(f"the step of {type(threat).__name__}", delta, grad, x, backend=backend, fused_exists=False)
     d = delta + step * threat.ascent_direction(grad)
-    return clip_to_box(x.float(), threat.project(d) if project else d)
+    return threat.project_feasible(x, d) if project else clip_to_box(x.float(), d)
 
 
 def random_start(threat: ThreatModel, x: Tensor, generator: torch.Generator | None = None, scale: float = 1.0, *,
