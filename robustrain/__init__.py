@@ -4,7 +4,8 @@ The package is layered; a package or top module imports only its own layer and t
 (tests/test_layering.py checks it: no import cycle between packages, at most 2 upward imports). Lowest first:
 
 1. ``errors``, ``registry``, ``tables``, ``provenance``, ``atomic``, ``guards``, ``runlock``: the foundation (error
-   types and name registries, markdown tables, git commit and environment, atomic writes, model-mode guards, the
+   types and the one unknown-name message; the ``Registry`` that keeps every kind of named thing, each entry
+   registered at its definition; markdown tables, git commit and environment, atomic writes, model-mode guards, the
    run-folder lock).
 2. ``threat``, ``distributed``: the threat model (ε-ball ∩ [0,1] box); the torchrun process group.
 3. ``kernels``: the attack-step operations (PyTorch reference, Triton kernels).

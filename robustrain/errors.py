@@ -54,13 +54,18 @@ def did_you_mean(value: Any, choices: Iterable[Any]) -> str:
     return f" Did you mean {hint!r}?" if hint else ""
 
 
-def unknown_choice(kind: str, value: Any, choices: Iterable[Any], where: str | None = None) -> UnknownNameError:
+def unknown_choice(kind: str, value: Any, choices: Iterable[Any], where: str | None = None,
+                   note: str = "") -> UnknownNameError:
     """The error for ``value`` not among ``choices`` (in their order): what was received (at ``where``, a config
-    key), the choices, and the closest one. An :class:`UnknownNameError` is both a ConfigError and a KeyError."""
+    key; ``kind`` may then be empty), the choices, the closest one, and ``note`` (what the choices mean). An
+    :class:`UnknownNameError` is both a ConfigError and a KeyError."""
     listed = [str(c) for c in choices]
-    head = f"{where} = {value!r} is not a known {kind}" if where else f"unknown {kind} {value!r}"
+    if where:
+        head = f"{where} = {value!r}" + (f" is not a known {kind}" if kind else "")
+    else:
+        head = f"unknown {kind or 'value'} {value!r}"
     return UnknownNameError(f"{head}; expected one of: {', '.join(listed) or 'none yet'}."
-                            + did_you_mean(value, listed))
+                            + did_you_mean(value, listed) + (f" {note}" if note else ""))
 
 
 def unknown_key(key: Any, valid: Sequence[str], where: str | None = None, owner: str | None = None) -> ConfigError:

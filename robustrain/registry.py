@@ -13,7 +13,9 @@ was received, list the choices, and add one "did you mean" when a choice is clos
 """
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
 from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, TypeVar, overload
 
 from .errors import unknown_choice, unknown_key
@@ -26,12 +28,12 @@ switch takes a ``behaviour`` keyword argument and may narrow the choices with a 
 
 
 # -- plain values -------------------------------------------------------------------------------------------
-def choice(kind: str, value: Any, choices: Iterable[Any], where: str | None = None) -> Any:
+def choice(kind: str, value: Any, choices: Iterable[Any], where: str | None = None, note: str = "") -> Any:
     """``value`` if it is one of ``choices``, else the :func:`unknown_choice` error (a plain enumeration such as
     ``threat.norm``, ``monitor.action`` or ``optim.name``)."""
     choices = list(choices)
     if value not in choices:
-        raise unknown_choice(kind, value, choices, where)
+        raise unknown_choice(kind, value, choices, where, note)
     return value
 
 
@@ -163,6 +165,14 @@ class Registry(Mapping[str, T], Generic[T]):
         """A fresh ``registry[name](*args, **options)`` after :meth:`check`."""
         self.check(name, options)
         return self._entries[name](*args, **options)  # type: ignore[operator]
+
+
+def import_modules(package: str, path: Iterable[str]) -> None:
+    """Import every module of ``package`` (its ``__path__``) whose name does not start with ``_``, so that a file
+    that registers an entry at its definition is the whole change (call at the end of the package's __init__)."""
+    for info in pkgutil.iter_modules(path):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{package}.{info.name}")
 
 
 def _where(entry: Any) -> str:

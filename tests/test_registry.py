@@ -149,3 +149,58 @@ def test_a_suggestion_is_always_a_registered_name(names, typo):
     if "Did you mean" in message:
         suggested = message.split("Did you mean ")[1].rstrip("?")
         assert suggested.strip("'") in names
+
+
+def test_import_modules_imports_the_public_modules_of_a_package(tmp_path, monkeypatch):
+    import importlib
+    import sys
+
+    pkg = tmp_path / "plugins_for_test"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from robustrain.registry import Registry, import_modules\n"
+                                     "THINGS = Registry('thing')\n"
+                                     "import_modules(__name__, __path__)\n")
+    (pkg / "first.py").write_text("from . import THINGS\n\n@THINGS.register\ndef first_thing():\n    return 1\n")
+    (pkg / "_private.py").write_text("raise RuntimeError('a module starting with _ is not imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("plugins_for_test")
+    try:
+        assert module.THINGS.names() == ("first_thing",)
+    finally:
+        for name in [n for n in sys.modules if n.startswith("plugins_for_test")]:
+            del sys.modules[name]
+
+
+def test_the_contributing_examples_are_one_file_each(tmp_path):
+    """CONTRIBUTING.md's examples, each placed in its package as the file it names, register themselves and pass
+    the config checks (in a fresh process: the registries are the process's)."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    blocks = re.findall(r"```python\n# (robustrain/\S+)\n(.*?)```", (root / "CONTRIBUTING.md").read_text(), re.S)
+    assert {p.split("/")[1] for p, _ in blocks} >= {"attacks", "regularisers", "data", "training"} and len(blocks) >= 5
+    script = tmp_path / "check.py"
+    script.write_text(
+        "import sys, types\n"
+        "blocks = " + repr(blocks) + "\n"
+        "import robustrain.attacks, robustrain.regularisers, robustrain.data, robustrain.training.monitor_rules\n"
+        "import robustrain.training.procedures\n"
+        "for path, code in blocks:\n"
+        "    name = path[:-3].replace('/', '.')\n"
+        "    module = types.ModuleType(name)\n"
+        "    module.__package__ = name.rpartition('.')[0]\n"
+        "    sys.modules[name] = module\n"
+        "    exec(compile(code, path, 'exec'), module.__dict__)\n"
+        "from robustrain.config import load_config\n"
+        "from robustrain.data import DATASETS\n"
+        "cfg = load_config('configs/quickstart_digits.yaml', ['attack={name: noise, scale: 1/2}',\n"
+        "    'regularisers=[{name: logit_pairing, weight: 0.5}]', 'procedures=[{name: freeze_head, epochs: 2}]',\n"
+        "    'monitor.rules=[pgd_drop, {name: clean_collapse, floor: 0.3}]'])\n"
+        "assert cfg.attack == {'name': 'noise', 'scale': 0.5}, cfg.attack\n"
+        "assert 'fashion' in DATASETS and DATASETS['fashion'].download is not None\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, str(script)], cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]

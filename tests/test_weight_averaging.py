@@ -248,10 +248,10 @@ def test_kill_and_resume_is_exact(tmp_path, spec):
     ("{name: ema, decay: 1.5}", r"procedures\[0\]: ema.decay must lie in \[0, 1\)"),
     ("{name: ema, every: 0}", "ema.every must be a whole number"),
     ("{name: ema, warmup_steps: -1}", "ema.warmup_steps must be a whole number >= 0"),
-    ("{name: ema, buffers: recompute}", "ema.buffers = 'recompute' is not one of: average, copy"),
+    ("{name: ema, buffers: recompute}", "ema.buffers = 'recompute'; expected one of: average, copy"),
     ("{name: ema, use_for: [test]}", "ema.use_for.*validation, final"),
     ("{name: ema, deacy: 0.9}", "Did you mean 'procedures\\[0\\].decay'|did you mean 'procedures\\[0\\].decay'"),
-    ("{name: swa, bn_inputs: noisy}", "swa.bn_inputs = 'noisy' is not one of: adversarial, clean"),
+    ("{name: swa, bn_inputs: noisy}", "swa.bn_inputs = 'noisy'; expected one of: adversarial, clean"),
     ("{name: swa, start_epoch: -2}", "swa.start_epoch must be a whole number >= 0"),
     ("{name: swa, bn_batches: 0}", "swa.bn_batches must be a whole number >= 1"),
 ])

@@ -1,8 +1,9 @@
-"""Attacks, one per file (each registered at its definition with ``@register_attack`` in :data:`ATTACKS`), and
-``build_attack`` to make one by name."""
+"""Attacks, one per file (each registered at its definition with ``@register_attack`` in :data:`ATTACKS`; every
+module here whose name does not start with ``_`` is imported with the package), and ``build_attack`` to make one by
+name."""
 from __future__ import annotations
 
-from ..registry import keyword_arguments
+from ..registry import import_modules, keyword_arguments
 from ..threat import ThreatModel
 from .base import ATTACKS, Attack, AttackResult, LossFn, attack_guard, cross_entropy, register_attack
 from .cw import CW, cw_margin
@@ -24,6 +25,8 @@ def build_attack(name: str, threat: ThreatModel, **kwargs) -> Attack:
     raise with the valid choices."""
     return ATTACKS.build(name, threat, **kwargs)
 
+
+import_modules(__name__, __path__)  # any further attack file registers itself
 
 __all__ = [
     "ATTACKS", "Attack", "AttackResult", "CW", "FGSM", "FGSMMEP", "FGSMRS", "LossFn", "NFGSM", "PGD", "TRADESAttack",

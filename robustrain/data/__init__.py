@@ -13,6 +13,9 @@ from robustrain.data.dataset import ArrayDataset
 from robustrain.data.loader import BatchLoader, first_examples
 from robustrain.data.registry import DATASETS, load_dataset, register_dataset
 from robustrain.data.split import split_validation
+from robustrain.registry import import_modules
+
+import_modules(__name__, __path__)  # a dataset file registers its reader with @register_dataset
 
 __all__ = ["ArrayDataset", "BatchLoader", "DATASETS", "first_examples", "load_dataset", "register_dataset",
            "split_validation"]

@@ -20,7 +20,8 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, KernelUnavailableError
+from ..errors import KernelUnavailableError
+from ..registry import choice
 from ..threat import L2Ball, LinfBall, ThreatModel, clip_to_box
 from . import reference
 
@@ -45,16 +46,11 @@ def _triton_kernels() -> ModuleType | str:
 
 def requested_backend(backend: str | None = "auto") -> str:
     """The backend asked for: ``backend`` unless it is "auto" (or None), then ``$ROBUSTRAIN_KERNELS``."""
-    choice = "auto" if backend is None else str(backend).lower()
-    if choice not in BACKENDS:
-        raise ConfigError(f"kernel backend must be one of {BACKENDS}, got {backend!r}.")
-    if choice == "auto":
+    asked = choice("kernel backend", "auto" if backend is None else str(backend).lower(), BACKENDS)
+    if asked == "auto":
         env = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
-        if env not in BACKENDS:
-            raise ConfigError(f"${ENV_VAR} must be one of {BACKENDS}, got {os.environ[ENV_VAR]!r}; unset it or "
-                              "set it to one of these.")
-        choice = env
-    return choice
+        asked = choice("kernel backend", env, BACKENDS, f"${ENV_VAR}", "Unset it or set it to one of these.")
+    return asked
 
 
 def fused_problem(what: str, *tensors: Tensor, fused_exists: bool = True) -> str | None:

@@ -12,9 +12,14 @@ from robustrain.models.registry import create_model as create_model
 from robustrain.models.registry import list_models as list_models
 from robustrain.models.registry import register_model as register_model
 
-# Importing the architecture modules registers their factories.
+from robustrain.registry import import_modules
+
+# Importing the architecture modules registers their factories (every module here whose name does not start with
+# ``_``: a new architecture file is the whole change).
 from robustrain.models import preact_resnet as preact_resnet  # noqa: E402  isort: skip
 from robustrain.models import small_cnn as small_cnn  # noqa: E402  isort: skip
 from robustrain.models import wide_resnet as wide_resnet  # noqa: E402  isort: skip
+
+import_modules(__name__, __path__)
 
 __all__ = ["MODELS", "Normalise", "NormalisedModel", "create_model", "list_models", "register_model"]

@@ -1,7 +1,8 @@
 """Weight perturbation (AWP, RWP, LAP): the context the Trainer's optimiser step runs in.
 
 Each is a :class:`robustrain.training.WeightPerturbation` built as ``cls(threat, **options)``, one file each,
-registered at its definition with ``@register_weight_perturbation`` in :data:`WEIGHT_PERTURBATIONS`:
+registered at its definition with ``@register_weight_perturbation`` in :data:`WEIGHT_PERTURBATIONS` (every module
+here whose name does not start with ``_`` is imported with the package):
 
 * ``awp``: one ascent step, per-layer radius γ‖w_l‖, removed after the update (NeurIPS 2020).
 * ``rwp``: ascent on the low-loss examples only (loss stationary condition), global scaling (IJCAI 2022).
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..registry import import_modules
 from ..threat import ThreatModel
 from ..training.hooks import WeightPerturbation
 from .awp import AWP
@@ -29,6 +31,8 @@ def build_weight_perturbation(name: str, threat: ThreatModel, **options: Any) ->
     raise with the valid choices."""
     return WEIGHT_PERTURBATIONS.build(name, threat, **options)
 
+
+import_modules(__name__, __path__)  # any further weight perturbation file registers itself
 
 __all__ = [
     "AWP", "LAP", "LAP_BETA", "MODULE_KINDS", "ParameterRule", "Perturbation", "RWP", "WEIGHT_PERTURBATIONS",

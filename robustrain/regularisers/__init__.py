@@ -1,7 +1,8 @@
 """Regularisers against catastrophic overfitting: loss terms added to the training objective.
 
 Each regulariser is a :class:`robustrain.training.LossTerm` built as ``cls(threat, **options)``, one file each,
-registered at its definition with ``@register_regulariser`` in :data:`REGULARISERS`:
+registered at its definition with ``@register_regulariser`` in :data:`REGULARISERS` (every module here whose name
+does not start with ``_`` is imported with the package):
 
 * ``elle`` / ``elle_a``: local linearity error on random triplets, constant / adaptive λ (ICLR 2024).
 * ``gradalign``: input-gradient alignment with double backprop (NeurIPS 2020).
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..registry import import_modules
 from ..threat import ThreatModel
 from ..training.hooks import LossTerm
 from .aaer import AAER
@@ -28,6 +30,8 @@ def build_regulariser(name: str, threat: ThreatModel, **options: Any) -> LossTer
     valid choices."""
     return REGULARISERS.build(name, threat, **options)
 
+
+import_modules(__name__, __path__)  # any further regulariser file registers itself
 
 __all__ = [
     "AAER", "ConvergeSmooth", "ELLE", "ELLEA", "GradAlign", "REGULARISERS", "WeightCentralisation",

@@ -14,12 +14,10 @@ applies.
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from ...registry import Registry
+from ...registry import Registry, import_modules
 from ..overfitting import Check
 
 KINDS = ("catastrophic_overfitting", "robust_overfitting")
@@ -95,12 +93,6 @@ def build_rule(spec: str | dict[str, Any], **defaults: Any) -> Rule:
     return RULES[name](**options)
 
 
-def _discover() -> None:
-    for info in pkgutil.iter_modules(__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{info.name}")
-
-
-_discover()
+import_modules(__name__, __path__)
 
 __all__ = ["History", "KINDS", "RULES", "Rule", "build_rule", "register_rule"]

@@ -11,11 +11,9 @@ end) and their order are documented on :class:`~robustrain.training.hooks.Proced
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import Any
 
-from ...registry import Registry
+from ...registry import Registry, import_modules
 from ..hooks import Procedure
 
 PROCEDURES: Registry[type[Procedure]] = Registry("training procedure", base=Procedure)
@@ -31,12 +29,6 @@ def build_procedure(spec: str | dict[str, Any]) -> Procedure:
     return PROCEDURES.build(name, **spec)
 
 
-def _discover() -> None:
-    for info in pkgutil.iter_modules(__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{info.name}")
-
-
-_discover()
+import_modules(__name__, __path__)
 
 __all__ = ["PROCEDURES", "Procedure", "build_procedure", "register_procedure"]

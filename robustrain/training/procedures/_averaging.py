@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ...errors import ConfigError
 from ...guards import restore_modes
+from ...registry import choice
 from ..hooks import Procedure
 
 USES = ("validation", "final")
@@ -25,10 +26,7 @@ test evaluation of best and last, and ``robustrain eval RUN``)."""
 
 
 def check_choice(where: str, value: Any, choices: Iterable[str]) -> str:
-    choices = tuple(choices)
-    if value not in choices:
-        raise ConfigError(f"{where} = {value!r} is not one of: {', '.join(choices)}.")
-    return str(value)
+    return str(choice("", value, choices, where))
 
 
 def check_uses(name: str, use_for: Any) -> tuple[str, ...]:

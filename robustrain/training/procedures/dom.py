@@ -53,7 +53,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...attacks import attack_guard
-from ...errors import ConfigError, closest
+from ...errors import ConfigError
+from ...registry import choice
 from ..hooks import Procedure, StepContext
 from . import register_procedure
 
@@ -90,11 +91,7 @@ def distract(x: Tensor, y: Tensor, pending: Tensor, *, loss_of: Callable[[Tensor
 
 
 def _choice(value: object, choices: tuple[str, ...], where: str, hint: str) -> str:
-    if value not in choices:
-        near = closest(str(value), choices)
-        raise ConfigError(f"dom: {where} = {value!r}; expected one of {', '.join(choices)}."
-                          + (f" Did you mean {near!r}?" if near else "") + f" {hint}")
-    return str(value)
+    return str(choice("", value, choices, f"dom.{where}", hint))
 
 
 @register_procedure
