@@ -71,7 +71,7 @@ class Registry(Mapping[str, T], Generic[T]):
         validate: called with (name, entry) before registering; raises for an entry that cannot work.
 
     Reading: ``name in registry``, ``registry[name]`` / :meth:`get` (an unknown name raises the
-    :func:`unknown_choice` error), iteration and :meth:`names` in registration order.
+    :func:`unknown_choice` error, the choices sorted), iteration and :meth:`names` in registration order.
     """
 
     def __init__(self, kind: str, *, key: str = "name", base: type | None = None,
@@ -115,7 +115,7 @@ class Registry(Mapping[str, T], Generic[T]):
         try:
             return self._entries[name]
         except (KeyError, TypeError):
-            raise unknown_choice(self.kind, name, self._entries) from None
+            raise unknown_choice(self.kind, name, sorted(self._entries)) from None
 
     def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
         """The entry ``name``; an unknown name raises with the choices unless a ``default`` is given."""
@@ -153,7 +153,7 @@ class Registry(Mapping[str, T], Generic[T]):
         """Raise for an unknown ``name`` or an option the entry does not take; return the accepted options.
         ``where`` is the config section the name and options come from (``"attack"``, ``"regularisers[0]"``)."""
         if name not in self:
-            raise unknown_choice(self.kind, name, self._entries, f"{where}.{self.key}" if where else None)
+            raise unknown_choice(self.kind, name, sorted(self._entries), f"{where}.{self.key}" if where else None)
         params = self.options(name, hidden)
         for key in options:
             if key not in params:

@@ -286,7 +286,7 @@ def test_bad_procedure_names_and_options_are_config_errors():
 
 
 def test_bad_remedies_are_config_errors():
-    with pytest.raises(ConfigError, match="expected one of: lr, attack, regulariser.*Did you mean 'attack'"):
+    with pytest.raises(ConfigError, match="expected one of: attack, lr, regulariser.*Did you mean 'attack'"):
         load_config(QUICK, ["monitor.remedy={kind: atack, name: nfgsm}"])
     with pytest.raises(ConfigError, match="monitor.remedy.factr"):
         load_config(QUICK, ["monitor.remedy={kind: lr, factr: 0.5}"])

@@ -145,7 +145,7 @@ def test_a_suggestion_is_always_a_registered_name(names, typo):
     with pytest.raises(UnknownNameError) as info:
         reg.check(typo)
     message = str(info.value)
-    assert f"expected one of: {', '.join(names)}." in message
+    assert f"expected one of: {', '.join(sorted(names))}." in message  # sorted, whatever the registration order
     if "Did you mean" in message:
         suggested = message.split("Did you mean ")[1].rstrip("?")
         assert suggested.strip("'") in names
