@@ -145,7 +145,7 @@ class Procedure:
           attack → StepContext → [weight perturbation enters] → objective (per-example losses ℓ_i)
           weights(ctx, per_example) -> w | None     the main loss becomes mean_i(w_i · ℓ_i) (per-example weighting,
                                                     DRO; selection *before the loss* is a weight 0)
-          + loss terms → backward → gradient clipping
+          + loss terms (the configured ones, then the procedures' own: loss_terms()) → backward → gradient clipping
           before_step(model, optimizer, ctx)        gradients ready, before the optimiser step (gradient masking)
           optimiser step(s) → [weight perturbation exits: the weights are the real ones again]
           after_step(model, optimizer, ctx)         after the update (EMA of the weights, weight surgery)
@@ -202,6 +202,13 @@ class Procedure:
 
     def on_epoch_end(self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> None:
         """After the epoch's last step, before validation."""
+
+    def loss_terms(self) -> list[LossTerm]:
+        """Loss terms this procedure adds to the training loss (called once, when the Trainer is built; they run
+        after the configured regularisers, are logged as ``<term.name>/...`` and may read the procedure's state,
+        e.g. FOMO's consistency to its stable model or CURE's distillation from its EMA teacher). Their state lives
+        in the procedure (the terms' own ``state_dict`` may stay empty)."""
+        return []
 
     provides_eval_model = False
     """True for a procedure whose :meth:`eval_model` may return a model (at most one per run; the config checks)."""

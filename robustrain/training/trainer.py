@@ -50,7 +50,8 @@ class Trainer:
         loss_terms: regularisers added to the loss.
         weight_perturbation: optional context the optimiser step runs in (AWP, RWP, LAP).
         procedures: training procedures hooked into the loop (:class:`~.hooks.Procedure`: batch selection,
-            per-example loss weights, before / after the optimiser step, epoch start / end), in list order.
+            per-example loss weights, before / after the optimiser step, epoch start / end), in list order; the loss
+            terms they provide (``Procedure.loss_terms``) are appended to ``loss_terms``.
         callbacks: loggers, checkpointer, monitor.
         grad_clip: max global gradient norm, or None.
         amp_dtype: autocast dtype for the training forward/backward (e.g. torch.bfloat16), or None.
@@ -105,9 +106,9 @@ class Trainer:
         self.val_attack = val_attack
         self.extra_val_attacks = dict(extra_val_attacks or {})
         self.objective = objective or CrossEntropy()
-        self.loss_terms = list(loss_terms)
         self.weight_perturbation = weight_perturbation
         self.procedures = list(procedures)
+        self.loss_terms = list(loss_terms) + [t for p in self.procedures for t in p.loss_terms()]
         self.callbacks = list(callbacks)
         self.epochs = int(epochs)
         self.grad_clip = grad_clip

@@ -38,6 +38,14 @@ def check_uses(name: str, use_for: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(use_for))
 
 
+def plain_model(module: nn.Module) -> nn.Module:
+    """The plain model behind a DDP (``.module``) or compiled (``._orig_mod``) training module."""
+    for attr in ("module", "_orig_mod"):
+        while isinstance(getattr(module, attr, None), nn.Module):
+            module = getattr(module, attr)
+    return module
+
+
 def bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
@@ -94,11 +102,14 @@ class WeightAveraging(Procedure):
     def fold_in(self, model: nn.Module, decay: float) -> None:
         """``avg ← decay·avg + (1 − decay)·θ`` for every floating-point parameter (and buffer, with
         ``buffers: average``); ``decay`` 0 copies. Integer buffers, and all buffers with ``buffers: copy``, are
-        copied."""
+        copied; with ``buffers: own`` (CURE's teacher) no buffer is touched."""
         avg = self.ensure(model)
         mine = dict(avg.named_parameters())
         for k, p in model.named_parameters():
             self._mix(mine[k], p, decay)
+        if self.buffers == "own":  # the copy keeps its own buffers (its own train-mode forwards update them)
+            self.n_averaged += 1
+            return
         mine_b = dict(avg.named_buffers())
         for k, b in model.named_buffers():
             if self.buffers == "average" and b.is_floating_point():
