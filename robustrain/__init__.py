@@ -10,7 +10,7 @@ The package is layered; a package or top module imports only its own layer and t
 2. ``threat``, ``distributed``: the threat model (ε-ball ∩ [0,1] box); the torchrun process group.
 3. ``kernels``: the attack-step operations (PyTorch reference, Triton kernels).
 4. ``data``, ``models``: in-memory datasets and resumable loaders; the architectures.
-5. ``attacks``: FGSM, FGSM-RS, N-FGSM, FGSM-MEP, PGD, TRADES; the attack guard; attacks from config sections.
+5. ``attacks``: FGSM, FGSM-RS, N-FGSM, FGSM-MEP, PGD, TRADES, BETA; the attack guard; attacks from config sections.
 6. ``evaluation``: clean / robust accuracy, the AutoAttack cascade, sanity checks, the report.
 7. ``training``: the one Trainer loop, its hooks (loss terms, weight perturbation, training procedures), callbacks,
    schedules, checkpoints, the overfitting monitor and the remedies the Trainer applies.

@@ -34,7 +34,8 @@ def main() -> None:
     p.add_argument("--mnist-root", default=os.environ.get("MNIST_ROOT", "../shared/data/mnist"))
     p.add_argument("--title", default=None)
     p.add_argument("--extra-eval", action="append", default=[],
-                   help="NAME=ATTACK: also evaluate each last checkpoint with this attack (e.g. beta=beta)")
+                   help="LABEL=EVAL ARGS: also evaluate each last checkpoint with these robustrain eval arguments "
+                        "(e.g. 'beta50=--attack beta --steps 50 --step 0.01'); a table of them is appended")
     args = p.parse_args()
     py = sys.executable
     out = ROOT / "runs" / f"{args.study}_mnist"
@@ -51,13 +52,36 @@ def main() -> None:
         run([py, "-m", "robustrain.cli", "eval", str(run_dir), "--checkpoint", "last", "--attack", "fgsm",
              "--n-ex", "1000", "--data-root", args.mnist_root, "--out", str(run_dir / "eval_fgsm_last.json")])
         for extra in args.extra_eval:
-            label, _, attack = extra.partition("=")
-            run([py, "-m", "robustrain.cli", "eval", str(run_dir), "--checkpoint", "last", "--attack", attack,
-                 "--n-ex", "1000", "--data-root", args.mnist_root, "--out", str(run_dir / f"eval_{label}_last.json")])
+            label, _, eval_args = extra.partition("=")
+            run([py, "-m", "robustrain.cli", "eval", str(run_dir), "--checkpoint", "last", *shlex.split(eval_args),
+                 "--n-ex", "1000", "--data-root", args.mnist_root, "--no-progress",
+                 "--out", str(run_dir / f"eval_{label}_last.json")])
     command = shlex.join(["python", "scripts/study_mnist.py", *sys.argv[1:]])
-    run([py, "scripts/plot_runs.py", str(out), "--methods", *names,
-         "--out", f"results/studies/{args.study}_mnist",
+    result = ROOT / "results" / "studies" / f"{args.study}_mnist"
+    run([py, "scripts/plot_runs.py", str(out), "--methods", *names, "--out", str(result.relative_to(ROOT)),
          "--title", args.title or f"MNIST, {args.recipe} and {args.study}", "--command", command])
+    if args.extra_eval:
+        with open(result.with_suffix(".md"), "a") as f:
+            f.write(extra_table(out, names, args.extra_eval))
+
+
+def extra_table(out: Path, names: list[str], extra: list[str]) -> str:
+    """The robust accuracy (%) of each variant's last checkpoint under each extra evaluation."""
+    import json
+
+    labels = [e.partition("=")[0] for e in extra]
+    lines = ["", "## Last checkpoint under further attacks (test, robust accuracy %)", "",
+             "| variant | clean | " + " | ".join(f"{lab} (`{e.partition('=')[2]}`)" for lab, e in zip(labels, extra))
+             + " |", "|---" * (len(labels) + 2) + "|"]
+    for name in names:
+        cells, clean = [], ""
+        for label in labels:
+            row = json.loads((out / name / f"eval_{label}_last.json").read_text())
+            clean = f"{row['clean_acc']:.1f}"
+            accs = {k: v for k, v in row.items() if k.endswith("_acc") and k != "clean_acc"}
+            cells.append(", ".join(f"{k[:-4]} {v:.1f}" for k, v in accs.items()))
+        lines.append(f"| {name} | {clean} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

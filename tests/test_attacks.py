@@ -39,7 +39,7 @@ def assert_unchanged(model: nn.Module, before) -> None:
 
 
 def attack_kwargs(name: str) -> dict:
-    return {"steps": 3, "restarts": 2} if name in ("pgd", "cw") else {}
+    return {"steps": 3, "restarts": 2} if name in ("pgd", "cw") else {"steps": 2} if name == "beta" else {}
 
 
 @pytest.fixture(scope="module")
@@ -381,6 +381,7 @@ def _options(name: str) -> st.SearchStrategy[dict]:
         "fgsm": {"init_scale": st.floats(0.0, 3.0), "project": st.booleans()},
         "pgd": {"steps": st.integers(1, 20), "restarts": st.integers(1, 4), "random_start": st.booleans(),
                 "keep_best": st.booleans()},
+        "beta": {"steps": st.integers(1, 20), "restarts": st.integers(1, 4), "random_start": st.booleans()},
         "trades": {"steps": st.integers(1, 20), "restarts": st.integers(1, 4), "random_start": st.booleans(),
                    "keep_best": st.booleans(), "loss": st.sampled_from(["kl", "ce"]), "init_std": st.floats(0.0, 0.01),
                    "clip_init": st.booleans()},
@@ -459,7 +460,8 @@ def test_settings_round_trip_the_configured_values(configured):
 def test_settings_state_the_real_step_and_its_rule():
     threat = make_threat("linf", 8 / 255)
     expected = {"fgsm": (8 / 255, "ε"), "fgsm_rs": (10 / 255, "1.25·ε"), "nfgsm": (8 / 255, "ε"),
-                "pgd": (2 / 255, "ε/4"), "trades": (2 / 255, "ε/4"), "fgsm_mep": (8 / 255, "ε"), "cw": (2 / 255, "ε/4")}
+                "pgd": (2 / 255, "ε/4"), "trades": (2 / 255, "ε/4"), "fgsm_mep": (8 / 255, "ε"), "cw": (2 / 255, "ε/4"),
+                "beta": (2 / 255, "ε/4")}
     assert set(expected) == set(ATTACKS)
     for name, (step, rule) in expected.items():
         s = build_attack(name, threat).settings()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..registry import import_modules, keyword_arguments
 from ..threat import ThreatModel
 from .base import ATTACKS, Attack, AttackResult, LossFn, attack_guard, cross_entropy, register_attack
+from .beta import BETA
 from .cw import CW, cw_margin
 from .fgsm import FGSM
 from .fgsm_mep import FGSMMEP
@@ -29,6 +30,6 @@ def build_attack(name: str, threat: ThreatModel, **kwargs) -> Attack:
 import_modules(__name__, __path__)  # any further attack file registers itself
 
 __all__ = [
-    "ATTACKS", "Attack", "AttackResult", "CW", "FGSM", "FGSMMEP", "FGSMRS", "LossFn", "NFGSM", "PGD", "TRADESAttack",
+    "ATTACKS", "Attack", "AttackResult", "BETA", "CW", "FGSM", "FGSMMEP", "FGSMRS", "LossFn", "NFGSM", "PGD", "TRADESAttack",
     "attack_arguments", "attack_guard", "build_attack", "cross_entropy", "cw_margin", "kl_from_clean", "register_attack",
 ]
