@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run(cmd: list[str]) -> None:
     print("$", shlex.join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=ROOT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's robustrain, also for scripts/*.py
+    subprocess.run(cmd, check=True, cwd=ROOT, env=env)
 
 
 def main() -> None:

@@ -133,19 +133,23 @@ def weight_perturbation_label(cfg: dict) -> str:
 
 
 def describe(cfg: dict) -> str:
-    """The training composition in one line: attack with its options, then each regulariser."""
+    """The training composition in one line: attack with its options, then each regulariser, the objective, the
+    weight perturbation and each training procedure."""
     a = cfg.get("attack") or {}
     attack = a.get("name", "?") + "".join(f", {k}={v:.4g}" if isinstance(v, float) else f", {k}={v}"
                                           for k, v in a.items() if k not in ("name", "bn_mode"))
-    regs = "; ".join(r["name"] + "(" + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                                                 for k, v in r.items() if k != "name") + ")"
-                     for r in cfg.get("regularisers") or [])
+    def section(r: dict) -> str:
+        return r["name"] + "(" + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                           for k, v in r.items() if k != "name") + ")"
+
+    regs = "; ".join(section(r) for r in cfg.get("regularisers") or [])
     objective = cfg.get("objective") or {}
     extra = [f"objective {objective['name']}" + "".join(f", {k}={v:g}" if isinstance(v, float) else f", {k}={v}"
                                                          for k, v in objective.items() if k != "name")
              ] if objective.get("name", "ce") != "ce" else []
     if cfg.get("weight_perturbation"):
         extra.append(weight_perturbation_label(cfg))
+    extra += [f"procedure {section(p)}" for p in cfg.get("procedures") or []]
     return f"{attack}" + (f" + {regs}" if regs else "") + "".join(f" + {e}" for e in extra)
 
 
