@@ -213,7 +213,7 @@ def test_kill_and_resume_is_exact(tmp_path, spec):
 @pytest.mark.parametrize("spec, match", [
     ("{name: fomo, fraction: 1.5}", r"fomo.fraction is the share .* in \[0, 1\]; got 1.5"),
     ("{name: fomo, every: 0}", "fomo.every must be a whole number >= 1"),
-    ("{name: fomo, consolidate: epoch}", "fomo.consolidate = 'epoch' is not one of: step, phase"),
+    ("{name: fomo, consolidate: epoch}", "fomo.consolidate = 'epoch'; expected one of: step, phase"),
     ("{name: fomo, modules: net.layer4}", None),
     ("{name: fomo, modules: [1, 2]}", "fomo.modules is a list of module-name prefixes"),
     ("{name: fomo, decay: 1.0}", r"fomo.decay must lie in \[0, 1\)"),
