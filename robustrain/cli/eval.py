@@ -44,12 +44,12 @@ def _sections(args: argparse.Namespace, known: dict[str, dict], names: list[str]
         if name == "clean" or name in AUTOATTACK_NAMES or name in COMPONENTS:
             continue
         if name not in known and name not in ATTACKS:
-            from ..errors import closest
+            from ..errors import did_you_mean
 
-            hint = closest(name, [*AUTOATTACK_NAMES, *COMPONENTS, *ATTACKS])
             raise ConfigError(f"--attack {name!r} is not an attack; expected a comma-separated list of autoattack (the "
                               f"cascade), AutoAttack components ({', '.join(COMPONENTS)}) and robustrain attacks "
-                              f"({', '.join(sorted(ATTACKS))})." + (f" Did you mean {hint!r}?" if hint else ""))
+                              f"({', '.join(sorted(ATTACKS))})."
+                              + did_you_mean(name, [*AUTOATTACK_NAMES, *COMPONENTS, *ATTACKS]))
         section = dict(known.get(name) or (DEFAULT_PGD if name == "pgd" else {"name": name}))
         for key in ("steps", "restarts", "step"):
             value = getattr(args, key)

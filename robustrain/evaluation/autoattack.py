@@ -32,7 +32,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, unknown_choice
+from ..registry import choice
 from ..threat import ThreatModel
 from .state import EvalState, flags_to_str, str_to_flags
 
@@ -60,8 +61,7 @@ def autoattack_stages(version: str, num_classes: int, *, steps: int = STANDARD_S
     ``steps`` and ``queries`` exist for tests and quick looks; anything else than 100 / 5,000 is not the
     standard evaluation and the report says so.
     """
-    if version not in VERSIONS:
-        raise ConfigError(f"AutoAttack version {version!r}; expected one of {', '.join(VERSIONS)}.")
+    choice("AutoAttack version", version, VERSIONS)
     if num_classes < 2:
         raise ConfigError(f"AutoAttack needs at least 2 classes, the model has {num_classes}.")
     if steps < 1 or queries < 1:
@@ -101,7 +101,7 @@ def component_spec(name: str, num_classes: int, *, steps: int = STANDARD_STEPS, 
         for spec in autoattack_stages(version, num_classes, steps=steps, queries=queries, norm=norm):
             if spec.name == name:
                 return spec
-    raise ConfigError(f"no AutoAttack component {name!r}; expected one of {', '.join(COMPONENTS)}.")
+    raise unknown_choice("AutoAttack component", name, COMPONENTS)
 
 
 # -- the cascade ------------------------------------------------------------------------------------------
