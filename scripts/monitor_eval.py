@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT))
 from robustrain import provenance  # noqa: E402
 from robustrain.training.monitor_rules import History, Rule, build_rule  # noqa: E402
 from robustrain.training.monitor_rules._stats import binomial_se, calibrated_z, first_decay  # noqa: E402
+from robustrain.training.monitor_replay import first_declaration, load_curve, pct, quantiles  # noqa: E402,F401
 
 RICE_REPO = "locuslab/robust_overfitting"
 RICE_LOG = "experiments/cifar10_validation/preactresnet18/output.log"
@@ -105,33 +106,7 @@ def cmd_extract(args: argparse.Namespace) -> None:
     print(f"{len(rows)} epochs -> {args.out}")
 
 
-def load_curve(path: Path) -> tuple[dict[str, list[float]], str]:
-    lines = path.read_text().splitlines()
-    source = next((l[len("# source: "):] for l in lines if l.startswith("# source: ")), "?")
-    rows = list(csv.DictReader(l for l in lines if not l.startswith("#")))
-    return {k: [float(r[k]) for r in rows] for k in rows[0]}, source
-
-
 # -- replay -------------------------------------------------------------------------------------------------
-def first_declaration(rule: Rule, hist: History) -> int | None:
-    """The first epoch after which the monitor, calling ``rule`` after every epoch, declares (1-based), or None.
-    Rules with a causal per-epoch ``statistic`` are read in one pass (tests/test_monitor.py checks it agrees with
-    calling the rule epoch by epoch); others are called on every prefix."""
-    if hasattr(rule, "statistic"):
-        run = 0
-        for row in rule.statistic(hist):
-            run = run + 1 if row["drop"] > row["threshold"] else 0
-            if run >= rule.patience:
-                return row["epoch"]
-        return None
-    for k in range(1, len(hist.val_robust) + 1):
-        sub = History(val_robust=hist.val_robust[:k], lr=hist.lr[:k], n_val=hist.n_val, arm_epoch=hist.arm_epoch,
-                      epochs=hist.epochs)
-        if rule(sub) is not None:
-            return k
-    return None
-
-
 def replay_rules(epochs: int) -> dict[str, Rule]:
     """The rules compared, named for the table (the first is the monitor's default for a run of ``epochs``)."""
     window = max(2, min(10, epochs // 20))  # as build_monitor
@@ -151,11 +126,6 @@ def replay_rules(epochs: int) -> dict[str, Rule]:
 
 SHORT = ("default rule (watches after the lr decay)", "same statistics, watched from epoch 1", "old margin rule",
          "window 5, 5 %", "window 5, 25 %")
-
-
-def quantiles(xs: Sequence[float], qs: Sequence[float]) -> list[float]:
-    xs = sorted(xs)
-    return [xs[min(len(xs) - 1, max(0, int(round(q * (len(xs) - 1)))))] for q in qs]
 
 
 def cmd_replay(args: argparse.Namespace) -> None:
@@ -207,10 +177,6 @@ def cmd_replay(args: argparse.Namespace) -> None:
     write_replay_report(args, results, real, stated, source, decay, peak, target, flat_level, epochs,
                         time.perf_counter() - t0)
     plot_replay(args, curve, samples, rules, results, real, decay, peak, target)
-
-
-def pct(x: float) -> str:
-    return "—" if x != x else f"{100 * x:.1f} %"
 
 
 def write_replay_report(args, results, real, stated, source, decay, peak, target, flat_level, epochs, seconds) -> None:

@@ -130,6 +130,7 @@ class OverfitMonitor(Callback):
         # state
         self.checks: list[Check] = []
         self.val_robust: list[float] = []
+        self.val_flags: list[Tensor] = []  # per epoch: the validation images' robust flags (bool, on the CPU)
         self.val_lr: list[float] = []  # the schedule's lr at the end of each epoch
         self.arm_epoch: int | None = None  # from the schedule at fit start (robust-overfitting rules)
         self.epochs: int | None = None
@@ -176,12 +177,15 @@ class OverfitMonitor(Callback):
         """What the rules read (``checks`` replaces the recorded checks)."""
         return History(checks=self.checks if checks is None else checks, val_robust=list(self.val_robust),
                        lr=list(self.val_lr), n_val=self.n_val, arm_epoch=self.arm_epoch, epochs=self.epochs,
-                       checks_planned=self.checks_planned)
+                       checks_planned=self.checks_planned, val_flags=list(self.val_flags))
 
     def on_validation_end(self, trainer: "Trainer", metrics: dict[str, float]) -> None:
         if "val_robust_acc" not in metrics:
             return
         self.val_robust.append(metrics["val_robust_acc"])
+        result = getattr(trainer, "val_result", None)  # the per-example flags of this validation (paired rules)
+        if result is not None and "robust" in result.correct and len(self.val_flags) == len(self.val_robust) - 1:
+            self.val_flags.append(result.correct["robust"].detach().to("cpu", torch.bool))
         self.val_lr.append(float(metrics.get("lr", trainer.schedule(trainer.step))))
         if self.ro_declared:
             return
@@ -312,6 +316,7 @@ class OverfitMonitor(Callback):
     def state_dict(self) -> dict[str, Any]:
         return {
             "checks": [c.as_dict() for c in self.checks], "val_robust": list(self.val_robust),
+            "val_flags": torch.stack(self.val_flags) if self.val_flags else None,
             "events": list(self.events), "rollbacks": self.rollbacks, "applied": list(self.applied),
             "val_lr": list(self.val_lr), "ro_declared": self.ro_declared, "co_active": self.co_active, "snapshot": self.snapshot, "check_seconds": self.check_seconds,
             "signals": {k: list(v) for k, v in self._signals.items()},
@@ -320,6 +325,8 @@ class OverfitMonitor(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.checks = [Check(**c) for c in state["checks"]]
         self.val_robust = list(state["val_robust"])
+        flags = state.get("val_flags")  # absent in checkpoints written before the paired rule
+        self.val_flags = [] if flags is None else list(flags.to(torch.bool).unbind(0))
         self.val_lr = list(state.get("val_lr", []))  # absent in checkpoints written before the schedule-aware rules
         self.events = list(state["events"])
         self.rollbacks = int(state["rollbacks"])

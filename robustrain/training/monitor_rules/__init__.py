@@ -36,6 +36,9 @@ class History:
         None: derived from ``lr`` (:func:`~._stats.first_decay`).
     epochs: epochs planned (for the false-alarm horizon); None: unknown.
     checks_planned: CO checks planned (for the false-alarm horizon); None: unknown.
+    val_flags: per finished epoch, the validation images' robust flags (a bool tensor, the same images in the same
+        order every epoch; same indexing as ``val_robust``), for rules that pair the epochs image by image; empty
+        when the trainer gives none.
     """
 
     checks: Sequence[Check] = ()
@@ -45,6 +48,7 @@ class History:
     arm_epoch: int | None = None
     epochs: int | None = None
     checks_planned: int | None = None
+    val_flags: Sequence[Any] = ()
     extras: dict[str, Any] = field(default_factory=dict)
 
 
