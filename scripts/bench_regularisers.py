@@ -13,6 +13,7 @@ Contenders (CIFAR-10-sized batch, L∞ ε = 8/255, the paper defaults at that ε
   elle / elle_a          fgsm + ELLE (λ 1000) / ELLE-A (λ_max 4000): one 3B triplet forward, single backprop
   gradalign              fgsm (1.25ε, projected) + GradAlign λ 0.2: double backprop
   aaer                   fgsm_rs + AAER (RS, λ2 2.5, λ3 1.5): reuses the attack's start-point forward
+  aaer_signal            fgsm + AAER at zero weight (λ1 = λ2 = λ3 = 0): the monitor's abnormal-rate signal alone
   convergesmooth         fgsm_rs (step ε, no projection) + ConvergeSmooth, gate open every step (worst case:
                          benign forward with graph + its backward)
   convergesmooth_closed  the same outside a constant-lr segment (benign forward without graph, for u_t only)
@@ -56,7 +57,7 @@ because the attack freezes the parameters): a plain FGSM step here is attack F +
 - AAER reuses the attack's start-point logits and loss: no extra pass (≈ 1.0×). Weight centralisation is a
   parameter-sized vector operation (≈ 1.0×). GradAlign: one forward with a double-backprop backward, ≈ 2.6×.
 """
-TARGETS = {"aaer": 1.05, "convergesmooth": 1.15, "convergesmooth_closed": 1.15, "elle": 2.5, "elle_a": 2.5}
+TARGETS = {"aaer": 1.05, "aaer_signal": 1.02, "convergesmooth": 1.15, "convergesmooth_closed": 1.15, "elle": 2.5, "elle_a": 2.5}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,6 +76,8 @@ def contenders(args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor
         "elle_a": ({"name": "fgsm"}, [("elle_a", {})]),
         "gradalign": ({"name": "fgsm", "step": 1.25 * EPS}, [("gradalign", {})]),
         "aaer": ({"name": "fgsm_rs"}, [("aaer", {"variant": "rs"})]),
+        # the abnormal-example rate as a monitor signal only (signal_rise rule): AAER at zero weight on plain FGSM
+        "aaer_signal": ({"name": "fgsm"}, [("aaer", {"variant": "rs", "lam1": 0.0, "lam2": 0.0, "lam3": 0.0})]),
         "convergesmooth": ({"name": "fgsm_rs", "step": EPS, "project": False}, [("convergesmooth", {})]),
         "convergesmooth_closed": ({"name": "fgsm_rs", "step": EPS, "project": False}, [("convergesmooth", {})]),
         "weight_centralisation": ({"name": "fgsm"}, [("weight_centralisation", {})]),

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Plot the overfitting monitor's checks of one or more run folders and tabulate their events.
 
-    python scripts/plot_monitor.py RUN_DIR [RUN_DIR ...] --out results/studies/monitor_mnist
+    python scripts/plot_monitor.py RUN_DIR [RUN_DIR ...] --out results/studies/monitor_mnist_rollback
 
 writes OUT.png (clean / FGSM / PGD accuracy of the held-out check batch per step, events marked) and OUT.md
 (per run: final validation and test accuracy, every event with its evidence). Everything is read from the
