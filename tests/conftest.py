@@ -95,3 +95,18 @@ def _kill_at():
 
 
 KillAt = _kill_at()
+
+
+def record_per_example(trainer) -> dict:
+    """Wrap ``trainer.objective`` so that each step's per-example losses are kept in the returned dict
+    (``["per_example"]``, detached): what a procedure's per-example weights multiply."""
+    seen: dict = {}
+    objective = trainer.objective
+
+    def recorded(ctx):
+        out = objective(ctx)
+        seen["per_example"] = out["per_example"].detach()
+        return out
+
+    trainer.objective = recorded
+    return seen

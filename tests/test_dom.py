@@ -10,7 +10,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import KillAt
+from conftest import KillAt, record_per_example
 from robustrain.build import build_trainer
 from robustrain.config import load_config
 from robustrain.errors import ConfigError
@@ -133,15 +133,7 @@ def test_dom_re_weights_the_main_loss_by_the_natural_loss_mask(tmp_path):
         natural = torch.nn.functional.cross_entropy(dom.model(x), y, reduction="none")
     mask = (natural >= 2.3).float()
     assert 0 < mask.sum() < len(mask)  # the untrained model: some above, some below
-    seen = {}
-    objective = plain.objective
-
-    def recorded(ctx):
-        out = objective(ctx)
-        seen["per_example"] = out["per_example"].detach()
-        return out
-
-    plain.objective = recorded
+    seen = record_per_example(plain)
     a, b = plain.train_step(x, y), dom.train_step(x, y)
     assert a["train_adv_acc"] == b["train_adv_acc"]  # the same attack and forward: only the loss is masked
     assert a["loss_main"] == pytest.approx(seen["per_example"].mean().item(), rel=1e-6)
