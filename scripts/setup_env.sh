@@ -13,5 +13,8 @@ if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ pyproject.toml -nt "$sta
   echo "robustrain: installing torch, torchvision, timm, torchattacks, wandb, ... (a few minutes the first time)" >&2
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+  # robustbench (tests of eval --model robustbench:NAME) without its pins (timm==1.0.9, gdown==5.1.0): its
+  # import-time dependencies are in the dev extra; users get it with pip install robustrain[robustbench]
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "robustbench>=1.1"
   touch "$stamp"
 fi

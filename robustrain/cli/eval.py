@@ -21,8 +21,12 @@ def add_arguments(e: argparse.ArgumentParser) -> None:
     """The options of ``robustrain eval`` beyond the original run-folder ones."""
     e.add_argument("--model", metavar="MODULE:FACTORY",
                    help="evaluate any model: a factory called without arguments (inputs in [0,1], normalisation "
-                        "inside); TARGET is then omitted")
+                        "inside), or robustbench:NAME (a RobustBench zoo model from --model-dir); TARGET is then "
+                        "omitted")
     e.add_argument("--weights", help="state dict file for --model (loaded with weights_only=True)")
+    e.add_argument("--model-dir", default="./models",
+                   help="for --model robustbench:NAME, robustbench's model folder (<dataset>/<Linf|L2>/NAME.pt; "
+                        "default ./models, as robustbench)")
     e.add_argument("--dataset", default="cifar10", help="dataset for --model (default cifar10)")
     e.add_argument("--norm", choices=["linf", "l2", "l1"], help="threat model (default: the run's, else linf)")
     e.add_argument("--version", default="standard", choices=["standard", "plus", "rand"], help="AutoAttack version")
@@ -74,7 +78,7 @@ def eval_command(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace, is_main: bool) -> int:
     from ..threat import check_radius, make_threat
-    from .target import load_factory_target, load_run_target
+    from .target import ROBUSTBENCH, load_factory_target, load_robustbench_target, load_run_target
 
     if args.model is None and args.target is None:
         raise ConfigError("robustrain eval: give a run folder or checkpoint, or --model module:factory --weights FILE.")
@@ -82,22 +86,37 @@ def _evaluate(args: argparse.Namespace, is_main: bool) -> int:
         raise ConfigError(f"robustrain eval: got both a target ({args.target!r}) and --model; give one of them.")
     names = ["clean"] + [a.strip().lower() for a in (args.attack or DEFAULT_ATTACKS).split(",") if a.strip()]
     names = list(dict.fromkeys(names))
+    if args.eps is not None and not args.eps:
+        raise ConfigError("--eps: no radius given; write one or several, e.g. --eps 8/255 or --eps 2/255,4/255,8/255.")
     if args.model is not None:
         if args.eps is None:
             raise ConfigError("--model needs --eps, e.g. --eps 8/255 (L∞, CIFAR-10) or --eps 0.5 (L2).")
-        target = load_factory_target(args.model, args.weights, dataset=args.dataset, split=args.split,
-                                     data_root=args.data_root, device=args.device, n_ex=args.n_ex,
-                                     batch_size=args.batch_size or 500)
+        if args.model.startswith(ROBUSTBENCH):
+            if args.split != "test" or args.weights is not None:
+                raise ConfigError("--model robustbench:NAME evaluates the zoo checkpoint on the test split; drop "
+                                  "--weights and --split.")
+            target = load_robustbench_target(args.model[len(ROBUSTBENCH):], model_dir=args.model_dir,
+                                             dataset=args.dataset, norm=args.norm or "linf", data_root=args.data_root,
+                                             device=args.device, n_ex=args.n_ex, batch_size=args.batch_size or 500)
+        else:
+            target = load_factory_target(args.model, args.weights, dataset=args.dataset, split=args.split,
+                                         data_root=args.data_root, device=args.device, n_ex=args.n_ex,
+                                         batch_size=args.batch_size or 500)
     else:
         target = load_run_target(Path(args.target), checkpoint=args.checkpoint, split=args.split,
                                  data_root=args.data_root, device=args.device, n_ex=args.n_ex,
-                                 batch_size=args.batch_size, eps=args.eps, norm=args.norm)
+                                 batch_size=args.batch_size, eps=None if args.eps is None else max(args.eps),
+                                 norm=args.norm)
     norm = args.norm or target.norm or "linf"
-    eps = args.eps if args.eps is not None else target.eps
-    check_radius(eps, "--eps", norm)
-    plan = EvalPlan(make_threat(norm, eps), attacks=names, sections=_sections(args, target.sections, names, norm),
-                    version=args.version, backend=args.backend, batch_size=args.batch_size or 500, seed=args.seed,
-                    aa_steps=args.aa_steps, square_queries=args.square_queries, amp_dtype=target.amp_dtype)
+    radii = args.eps if args.eps is not None else [target.eps]
+    for eps in radii:
+        check_radius(eps, "--eps", norm)
+    if len(set(radii)) != len(radii):
+        raise ConfigError(f"--eps lists a radius twice: {radii}; give each once.")
+    sections = _sections(args, target.sections, names, norm)
+    plans = [EvalPlan(make_threat(norm, eps), attacks=names, sections=sections, version=args.version,
+                      backend=args.backend, batch_size=args.batch_size or 500, seed=args.seed, aa_steps=args.aa_steps,
+                      square_queries=args.square_queries, amp_dtype=target.amp_dtype) for eps in radii]
     legacy_json = args.out is not None and args.out.endswith(".json")
     if args.out is not None and not legacy_json:
         out_dir = Path(args.out)
@@ -109,7 +128,12 @@ def _evaluate(args: argparse.Namespace, is_main: bool) -> int:
     locked = target.run_dir if target.run_dir is not None and (args.out is None or legacy_json) else out_dir
     lock = folder_lock(locked, getattr(args, "command_line", None)) if is_main else contextlib.nullcontext()
     with lock:
-        return _evaluate_and_write(args, target, plan, out_dir, legacy_json, is_main)
+        if len(plans) > 1:
+            if legacy_json:
+                raise ConfigError(f"--out {args.out!r}: several radii write a folder (a report per ε and the sweep "
+                                  "table); give --out DIR.")
+            return _sweep_and_write(args, target, plans, out_dir, is_main)
+        return _evaluate_and_write(args, target, plans[0], out_dir, legacy_json, is_main)
 
 
 def _evaluate_and_write(args: argparse.Namespace, target, plan: EvalPlan, out_dir: Path, legacy_json: bool,
@@ -128,6 +152,8 @@ def _evaluate_and_write(args: argparse.Namespace, target, plan: EvalPlan, out_di
     print(f"\nworst-case robust accuracy: {100 * report['final']['robust_acc']:.2f}% on {report['n_ex']} examples"
           + (f" (AutoAttack {args.version}, backend {report['backend']['name']})" if report["backend"] else ""))
     written = [json_path, md_path]
+    if target.model_info.get("source") == "robustbench":
+        written.append(write_robustbench_result(report, out_dir))
     if target.run_dir is not None:  # with --out DIR, nothing goes into the run folder: its eval.json goes to DIR
         to_dir = args.out is not None and not legacy_json
         written.append(_write_run_summary(report, target, args, out_dir / "eval.json" if to_dir else
@@ -136,6 +162,99 @@ def _evaluate_and_write(args: argparse.Namespace, target, plan: EvalPlan, out_di
     s = report["sanity"]
     if s["n_errors"]:
         print(f"robustrain: {s['n_errors']} sanity check(s) failed (see report.md); the number above is not "
+              "trustworthy.", file=sys.stderr)
+        return 3
+    return 0
+
+
+def robustbench_result(report: dict) -> dict:
+    """The evaluation as RobustBench names its results (``model_info`` fields: ``name``, ``dataset``,
+    ``threat_model``, ``eps`` as 8/255, ``clean_acc``, ``autoattack_acc``), with robustrain's units (fractions)."""
+    from ..tables import format_radius
+
+    m, acc = report["model"], report["accuracy"]
+    out = {"name": m["name"], "dataset": m["dataset"], "threat_model": m["threat_model"],
+           "eps": format_radius(report["threat"]["eps"]), "eps_value": report["threat"]["eps"],
+           "n_ex": report["n_ex"], "clean_acc": acc["clean"]}
+    if "autoattack" in acc:
+        out["autoattack_acc"] = acc["autoattack"]
+        out["autoattack_version"] = report["settings"][next(s["name"] for s in report["stages"]
+                                                                if s["group"] == "autoattack")]["version"]
+    out.update({"worst_case_acc": acc["worst_case"], "standard": report["standard"],
+                "units": "accuracies are fractions in [0, 1]"})
+    return out
+
+
+def write_robustbench_result(report: dict, out_dir: Path) -> Path:
+    """``robustbench.json`` in ``out_dir`` (:func:`robustbench_result`)."""
+    from ..atomic import write_json_atomic
+
+    path = out_dir / "robustbench.json"
+    write_json_atomic(path, robustbench_result(report))
+    return path
+
+
+def sweep_rows(reports: list[dict]) -> tuple[list[dict], list[str]]:
+    """One row per radius (``eps``, its ``eps_label`` such as 8/255, ``n_ex``, ``clean_acc``, each attack stage's
+    ``<stage>_acc``, ``autoattack_acc``, ``worst_case_acc``; fractions) and the accuracy keys in column order."""
+    from ..tables import format_radius
+
+    rows, keys = [], []
+    for r in reports:
+        acc = r["accuracy"]
+        row = {"eps": r["threat"]["eps"], "eps_label": format_radius(r["threat"]["eps"]), "n_ex": r["n_ex"]}
+        for s in r["stages"]:
+            if s["group"] != "autoattack":
+                row[f"{s['name']}_acc"] = s["robust_acc"]
+        if "autoattack" in acc:
+            row["autoattack_acc"] = acc["autoattack"]
+        row["worst_case_acc"] = acc["worst_case"]
+        rows.append(row)
+        keys += [k for k in row if k.endswith("_acc") and k not in keys]
+    return rows, keys
+
+
+def _sweep_and_write(args: argparse.Namespace, target, plans: list[EvalPlan], out_dir: Path, is_main: bool) -> int:
+    """Evaluate every radius into ``out_dir/eps_<ε>/`` (a full report each), then ``sweep.json`` (rows of fractions),
+    ``sweep.md`` (percent) and ``sweep.png`` (robust accuracy against ε) into ``out_dir``."""
+    from ..atomic import write_json_atomic
+    from ..reporting import plot_sweep
+    from ..tables import format_radius, format_table, pct
+
+    reports, errors = [], 0
+    for plan in plans:
+        sub = out_dir / ("eps_" + format_radius(plan.threat.eps).replace("/", "_"))
+        if is_main:
+            print(f"\n== eps = {format_radius(plan.threat.eps)} ({plan.threat.eps:.6g}) ==", flush=True)
+        report, _ = evaluate_robustness(target.model, target.x, target.y, plan, num_classes=target.num_classes,
+                                        model_info=target.model_info, data_info=target.data_info, out_dir=sub,
+                                        progress=not args.no_progress)
+        if is_main:
+            write_report(report, sub)
+        reports.append(report)
+        errors += report["sanity"]["n_errors"]
+    if not is_main:
+        return 3 if errors else 0
+    rows, keys = sweep_rows(reports)
+    norm = plans[0].threat.norm
+    sweep = {"threat": {"norm": norm, "eps": [p.threat.eps for p in plans]}, "attacks": reports[0]["attacks"],
+             "backend": reports[0]["backend"], "n_ex": reports[0]["n_ex"], "model": reports[0]["model"],
+             "data": reports[0]["data"], "units": "accuracies are fractions in [0, 1]", "rows": rows,
+             "reports": [str(out_dir / ("eps_" + r["eps_label"].replace("/", "_")) / "report.json") for r in rows]}
+    write_json_atomic(out_dir / "sweep.json", sweep)
+    table = format_table([{"eps": r["eps_label"], **{k: pct(r.get(k)) for k in keys}} for r in rows],
+                         ["eps", *keys])
+    name = target.model_info.get("name") or target.model_info.get("source", "model")
+    (out_dir / "sweep.md").write_text(f"# Robust accuracy (%) against ε ({norm}): {name}\n\n"
+                                      f"{reports[0]['n_ex']} examples; attacks: {', '.join(reports[0]['attacks'])}"
+                                      f"\n\n{table}\n")
+    plot_sweep(rows, [k for k in keys if k != "clean_acc"] + ["clean_acc"], out_dir / "sweep.png",
+               f"{name}: accuracy against ε ({norm}, {reports[0]['n_ex']} examples)")
+    print(f"\naccuracy (%) against ε ({norm}):\n{table}")
+    print("written: " + ", ".join(str(out_dir / f) for f in ("sweep.json", "sweep.md", "sweep.png"))
+          + f" and a report per radius in {out_dir}/eps_*/")
+    if errors:
+        print(f"robustrain: {errors} sanity check(s) failed (see the reports); the numbers above are not "
               "trustworthy.", file=sys.stderr)
         return 3
     return 0

@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=int)
     e.add_argument("--restarts", type=int)
     e.add_argument("--step", type=str, help="step size, e.g. 2/255")
-    e.add_argument("--eps", type=str, help="radius (default: the training radius), e.g. 8/255")
+    e.add_argument("--eps", type=str, help="radius (default: the training radius), e.g. 8/255; several, comma-separated "
+                                          "(2/255,4/255,8/255), evaluate each and write a robustness-vs-ε table and plot")
     e.add_argument("--n-ex", type=int, help="number of test examples (default: all)")
     e.add_argument("--batch-size", type=int)
     e.add_argument("--data-root", help="where the dataset files are, if not where training found them")
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "eps", None) is not None:
             from ..config import parse_number
 
-            args.eps = parse_number(args.eps, "--eps")
+            args.eps = [parse_number(e.strip(), "--eps") for e in str(args.eps).split(",") if e.strip()]
         return args.func(args)
     except RobustrainError as e:
         print(f"robustrain: error: {e}", file=sys.stderr)

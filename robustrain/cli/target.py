@@ -137,6 +137,16 @@ def load_factory_target(spec: str, weights: str | None, *, dataset: str, split: 
         except RuntimeError as e:
             raise CheckpointError(f"--weights {weights!r} do not fit {spec!r}: {str(e)[:300]}") from e
         info.update(weights=str(weights), weights_sha256=file_sha256(weights))
+    return _on_test_split(model, spec, info, dataset=dataset, data_root=data_root, device=dev, n_ex=n_ex,
+                          batch_size=batch_size)
+
+
+def _on_test_split(model: nn.Module, spec: str, info: dict[str, Any], *, dataset: str, data_root: str | None,
+                   device: torch.device, n_ex: int | None, batch_size: int) -> Target:
+    """``model`` (any nn.Module: inputs in [0,1], normalisation inside) on the first ``n_ex`` test examples."""
+    from ..data import load_dataset
+
+    dev = device
     model = model.to(dev).eval()  # RobustBench convention; the official AutoAttack forgets this
     ds = load_dataset(dataset, data_root, "test")
     x, y = _examples(ds, n_ex, batch_size, dev)
@@ -148,4 +158,96 @@ def load_factory_target(spec: str, weights: str | None, *, dataset: str, split: 
         raise ConfigError(f"--model {spec!r} returns outputs of shape {tuple(out.shape)} for {dataset}; expected "
                           f"(batch, {ds.num_classes}) logits.")
     return Target(model, x, y, ds.num_classes, None, None, {}, info,
-                  {"dataset": ds.name, "split": split, "indices": f"first {x.shape[0]}"})
+                  {"dataset": ds.name, "split": "test", "indices": f"first {x.shape[0]}"})
+
+
+# -- RobustBench's model zoo -----------------------------------------------------------------------------------
+ROBUSTBENCH = "robustbench:"
+RB_DATASETS = {"cifar10": "cifar10", "cifar100": "cifar100", "imagenet": "imagenet"}
+RB_THREATS = {"linf": "Linf", "l2": "L2"}
+
+
+def import_robustbench():
+    """The ``robustbench`` package. Its PyPI release (1.1.1) imports ``autoattack``, which PyPI ships as
+    ``pyautoattack``, and ``pkg_resources``, which setuptools 81 removed; where those imports fail, the installed
+    ``pyautoattack`` and a ``pkg_resources.resource_filename`` over ``importlib.resources`` stand in for them."""
+    import types
+
+    try:
+        importlib.import_module("autoattack")
+    except ImportError:
+        try:
+            official = importlib.import_module("pyautoattack")
+            sys.modules["autoattack"] = official
+            sys.modules["autoattack.state"] = importlib.import_module("pyautoattack.state")
+        except ImportError:
+            pass  # robustbench's own import error below says what is missing
+    try:
+        importlib.import_module("pkg_resources")
+    except ImportError:
+        from importlib import resources
+
+        sys.modules["pkg_resources"] = types.SimpleNamespace(
+            resource_filename=lambda package, path: str(resources.files(package) / path))
+    try:
+        return importlib.import_module("robustbench")
+    except ImportError as e:
+        raise ConfigError(f"--model robustbench:NAME needs the robustbench package ({e}); install it with  pip install "
+                          "robustbench  (or  pip install robustrain[robustbench]).") from e
+
+
+def robustbench_checkpoint(name: str, model_dir: str | Path, dataset: str, threat_model: str) -> Path:
+    """Where ``robustbench.utils.load_model`` reads model ``name``: ``MODEL_DIR/<dataset>/<threat model>/<name>.pt``."""
+    return Path(model_dir) / dataset / threat_model / f"{name}.pt"
+
+
+def load_robustbench_target(name: str, *, model_dir: str, dataset: str, norm: str, data_root: str | None,
+                            device: str | None, n_ex: int | None, batch_size: int) -> Target:
+    """Model ``name`` of RobustBench's zoo for ``dataset`` and the ``norm`` threat model, loaded by
+    ``robustbench.utils.load_model`` from ``model_dir`` (its layout: ``<dataset>/<Linf|L2>/<name>.pt``), on the
+    test split. A checkpoint missing from ``model_dir`` is an error that says where to put it (robustbench would
+    download it from Google Drive)."""
+    from ..build import resolve_device
+    from ..errors import unknown_choice
+    from ..evaluation.report import file_sha256
+
+    if dataset not in RB_DATASETS:
+        raise unknown_choice("RobustBench dataset", dataset, list(RB_DATASETS), "--dataset")
+    if norm not in RB_THREATS:
+        raise ConfigError(f"--model robustbench:{name} --norm {norm}: RobustBench's zoo has L∞ and L2 models only; "
+                          "use --norm linf or --norm l2.")
+    import_robustbench()
+    from robustbench.model_zoo import model_dicts
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+    from robustbench.utils import load_model
+
+    ds_key, threat = BenchmarkDataset(RB_DATASETS[dataset]), ThreatModel(RB_THREATS[norm])
+    zoo = model_dicts[ds_key][threat]
+    if name not in zoo:
+        raise unknown_choice(f"RobustBench {dataset} {RB_THREATS[norm]} model", name, sorted(zoo), "--model")
+    path = robustbench_checkpoint(name, model_dir, ds_key.value, threat.value)
+    if not path.is_file():
+        raise ConfigError(f"--model robustbench:{name}: no checkpoint at {str(path)!r}. robustbench downloads it from "
+                          "Google Drive, which needs internet: fetch it where there is one (robustbench.utils."
+                          f"load_model({name!r}, model_dir=..., dataset={ds_key.value!r}, threat_model="
+                          f"{threat.value!r})) and copy the .pt file there, or point --model-dir at the folder holding "
+                          f"{ds_key.value}/{threat.value}/.")
+    try:
+        model = load_model(name, model_dir=str(model_dir), dataset=ds_key.value, threat_model=threat.value)
+    except Exception as e:  # noqa: BLE001 - robustbench raises several types for a bad checkpoint
+        raise CheckpointError(f"robustbench could not load {str(path)!r} into {name}: {type(e).__name__}: "
+                              f"{str(e)[:300]}") from e
+    info = {"source": "robustbench", "name": name, "dataset": ds_key.value, "threat_model": threat.value,
+            "checkpoint": str(path), "weights_sha256": file_sha256(path),
+            "robustbench": getattr(importlib.import_module("robustbench"), "__version__", None) or _dist_version()}
+    return _on_test_split(model, f"robustbench:{name}", info, dataset=dataset, data_root=data_root,
+                          device=resolve_device(device or "auto"), n_ex=n_ex, batch_size=batch_size)
+
+
+def _dist_version() -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version("robustbench")
+    except metadata.PackageNotFoundError:
+        return None

@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Sequence
 
 from .markdown import report_markdown, run_table, seed_table
-from .plots import plot_epoch_panels, plot_monitor_checks, plot_regularisers, plot_training
+from .plots import plot_epoch_panels, plot_monitor_checks, plot_regularisers, plot_sweep, plot_training
 from .runs import Run, describe, load_run, load_runs, pct
 
 __all__ = ["Run", "describe", "load_run", "load_runs", "pct", "plot_epoch_panels", "plot_monitor_checks",
-           "plot_regularisers", "plot_training", "report_markdown", "run_table", "seed_table", "write_report"]
+           "plot_regularisers", "plot_sweep", "plot_training", "report_markdown", "run_table", "seed_table", "write_report"]
 
 
 def write_report(folders: Sequence[str | Path], out: str | Path, *, title: str | None = None,

@@ -227,3 +227,31 @@ def _save(fig, path: str | Path, dpi: int = 120) -> Path:
     fig.savefig(path, dpi=dpi)
     pyplot().close(fig)
     return path
+
+
+def plot_sweep(rows: list[dict], curves: Sequence[str], path: Path, title: str) -> Path:
+    """Robust accuracy (%) against the radius: one line per accuracy key in ``curves`` (fractions in ``rows``, one
+    row per ε with ``eps``), the worst case drawn black and thick; x ticks at the evaluated radii, as 8/255."""
+    from ..tables import format_radius
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    xs = [r["eps"] for r in rows]
+    for i, key in enumerate(curves):
+        ys = [100 * r[key] if r.get(key) is not None else float("nan") for r in rows]
+        worst = key == "worst_case_acc"
+        ax.plot(xs, ys, marker="o", color="black" if worst else _colour(i), linewidth=2.4 if worst else 1.4,
+                label=key.removesuffix("_acc").replace("_", " "), zorder=3 if worst else 2)
+    ax.set_xticks(xs)
+    ax.set_xticklabels([format_radius(x) for x in xs], rotation=30 if len(xs) > 5 else 0)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("radius ε")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
