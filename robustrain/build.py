@@ -194,7 +194,7 @@ def build_tracker(cfg: Config, run_dir: Path) -> WandbLogger:
     w = cfg.wandb
     return WandbLogger(run_dir, mode=w.mode, project=w.project, entity=w.entity, group=w.group, tags=w.tags,
                        name=w.run_name or cfg.name, config=to_dict(cfg), environment=environment(),
-                       log_every=cfg.train.log_every, log_checkpoints=w.log_checkpoints)
+                       log_every=cfg.train.log_every, log_checkpoints=w.log_checkpoints, quiet=w.quiet)
 
 
 __all__ = [

@@ -174,7 +174,9 @@ class WandbConfig:
     """Weights & Biases tracking (rank 0 only). ``mode``: auto (the WANDB_MODE environment variable if set, else
     online when an API key is configured and api.wandb.ai answers within a second, else offline), online,
     offline (``wandb sync`` uploads later; the command is printed at the end) or disabled. ``metrics.jsonl`` is
-    written in every mode. ``log_checkpoints`` uploads best.pt and last.pt as model artifacts."""
+    written in every mode. ``log_checkpoints`` uploads best.pt and last.pt as model artifacts. ``quiet`` (default)
+    silences wandb's own console output: robustrain prints one line when tracking starts and, for an offline run,
+    the ``wandb sync`` command with every offline folder of the run at the end."""
 
     mode: str = "auto"
     project: str = "robustrain"
@@ -183,6 +185,7 @@ class WandbConfig:
     tags: list = field(default_factory=list)
     run_name: str | None = None  # default: the config's name
     log_checkpoints: bool = False
+    quiet: bool = True
 
 
 @dataclass

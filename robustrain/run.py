@@ -30,7 +30,7 @@ from .evaluation import EvalResult, evaluate
 from .atomic import remove_temporaries
 from .provenance import environment, git_commit
 from .runlock import folder_lock
-from .tables import format_table
+from .tables import UNITS, format_radius, format_table, pct
 from .threat import make_threat
 from .tracking import WandbLogger
 from .training import Trainer
@@ -134,14 +134,16 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool,
 
 def evaluate_model(model: torch.nn.Module, loader: BatchLoader, attack: Attack, label: str, *, seed: int,
                    n_ex: int | None = None, amp_dtype: torch.dtype | None = None,
-                   distributed: bool | None = None) -> EvalResult:
+                   distributed: bool | None = None, progress: str | None = None) -> EvalResult:
     """``evaluate`` on the first ``n_ex`` examples of ``loader``; ``distributed`` (default: in a process group)
     shards every batch over the ranks and gathers the per-example results on every rank."""
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     max_batches = None if n_ex is None else -(-n_ex // loader.batch_size)
+    n_total = len(loader.dataset) if n_ex is None else min(n_ex, len(loader.dataset))
     res = evaluate(model, loader.iterate(0), {label: attack}, generator=gen, amp_dtype=amp_dtype,
-                   max_batches=max_batches, distributed=current().enabled if distributed is None else distributed)
+                   max_batches=max_batches, distributed=current().enabled if distributed is None else distributed,
+                   progress=progress, total=n_total)
     if n_ex is not None:
         res.correct = {k: v[:n_ex] for k, v in res.correct.items()}
     return res
@@ -162,21 +164,23 @@ def final_evaluation(cfg: Config, run_dir: Path, trainer: Trainer, data: Data, t
         ckpt = load_checkpoint(path, map_location=trainer.device)
         trainer.model.load_state_dict(ckpt.get("eval_model", ckpt["model"]))  # the averaged weights, if averaging
         t0 = time.perf_counter()
-        res = evaluate_model(trainer.model, data.test, attack, label, seed=cfg.seed, n_ex=cfg.eval.n_ex, amp_dtype=amp)
+        res = evaluate_model(trainer.model, data.test, attack, label, seed=cfg.seed, n_ex=cfg.eval.n_ex, amp_dtype=amp,
+                             progress=f"test {which}.pt" if cfg.train.progress else None)
         acc = res.accuracy()
         rows.append({"checkpoint": which, **({"weights": ckpt.get("eval_weights") or "training"} if averaged else {}),
                      "epoch": ckpt["trainer"]["epoch"], "n_ex": res.n,
-                     "clean_acc": round(100 * acc["clean"], 2), f"{label}_acc": round(100 * acc[label], 2),
+                     "clean_acc": acc["clean"], f"{label}_acc": acc[label],
                      "seconds": round(time.perf_counter() - t0, 1)})
     summary = {
         "name": cfg.name, "dataset": cfg.data.name, "model": cfg.model.name, "attack": cfg.attack["name"],
-        "threat": {"norm": cfg.threat.norm, "eps": cfg.threat.eps}, "eval_attack": {**cfg.eval.attack, "step": attack.step if hasattr(attack, "step") else None},
+        "threat": {"norm": cfg.threat.norm, "eps": cfg.threat.eps, "eps_label": format_radius(cfg.threat.eps)}, "eval_attack": {**cfg.eval.attack, "step": attack.step if hasattr(attack, "step") else None},
         "selection": f"best.pt maximises {cfg.validation.select_on} on the held-out validation split",
-        "test": rows, "train_seconds": round(train_seconds, 1), "history": trainer.history,
+        "units": UNITS, "test": rows, "train_seconds": round(train_seconds, 1), "history": trainer.history,
         "git_commit": git_commit(), "world_size": current().world_size,
     }
-    table = format_table(rows, ["checkpoint", *(["weights"] if averaged else []), "epoch", "n_ex", "clean_acc",
-                                f"{label}_acc", "seconds"])
+    shown = [{**r, "clean_acc": pct(r["clean_acc"]), f"{label}_acc": pct(r[f"{label}_acc"])} for r in rows]
+    table = format_table(shown, ["checkpoint", *(["weights"] if averaged else []), "epoch", "n_ex", "clean_acc",
+                                 f"{label}_acc", "seconds"])
     if current().is_main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         (run_dir / "summary.md").write_text(f"# {cfg.name}: test accuracy (%)\n\n{table}\n")

@@ -16,6 +16,11 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 # Accuracies are fractions in [0, 1] in every machine-readable output (JSON, JSONL, W&B) under names without a unit
 # (clean_acc, robust_acc, val/pgd_acc) and percentages with 2 decimals in every human output (console, markdown,
 # plots). A radius that is k/255 is printed as the fraction string with its float: "8/255 (0.03137)".
+UNITS = "accuracies are fractions in [0, 1]"
+"""The ``units`` note of every JSON file robustrain writes with accuracies (summary.json, eval.json, sweep.json, ...);
+a reader takes a file without it for the old format (summary.json and eval.json in percent)."""
+
+
 def pct(fraction: float | None) -> str:
     """An accuracy (a fraction) as people read it: ``0.8663 -> "86.63"`` (percent, 2 decimals; "" for None)."""
     return "" if fraction is None else f"{100 * float(fraction):.2f}"

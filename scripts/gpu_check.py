@@ -198,7 +198,8 @@ def _summary_ddp(text: str, work: Path) -> list[str]:
         s = json.loads(summary.read_text())
         lines.append(f"- robustrain train under torchrun (one process, so no process group: the single-process path): "
                      f"{s.get('train_seconds')} s; test: "
-                     + ", ".join(f"{k} {v}" for k, v in (s.get("test") or [{}])[-1].items() if k.endswith("acc")))
+                     + ", ".join(f"{k} {100 * v:.2f} %" for k, v in (s.get("test") or [{}])[-1].items()
+                                 if k.endswith("acc")))
     return lines or _last_lines(text, 5)
 
 

@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from robustrain.reporting import load_runs, plot_monitor_checks
+from robustrain.tables import pct
 
 
 def main() -> None:
@@ -29,7 +30,7 @@ def main() -> None:
         lines.append(f"\n## {run.label}\n")
         for row in run.summary.get("test", []):
             lines.append(f"- test ({row['checkpoint']}.pt, epoch {row['epoch']}, n = {row['n_ex']}): " + ", ".join(
-                f"{k} {v}" for k, v in row.items() if k.endswith("_acc")))
+                f"{k} {pct(v)}%" for k, v in row.items() if k.endswith("_acc")))
         hist = run.summary.get("history", [])
         if hist:
             lines.append("- validation robust accuracy per epoch: "

@@ -36,7 +36,8 @@ def numbers(run: Run) -> dict:
     best, last = run.test_row("best"), run.test_row("last")
     key = robust_key(last) if last else None
     if best and last and key:
-        out.update(test_best=best[key], test_last=last[key], clean_best=best["clean_acc"], clean_last=last["clean_acc"],
+        out.update(test_best=100 * best[key], test_last=100 * last[key], clean_best=100 * best["clean_acc"],
+                   clean_last=100 * last["clean_acc"],
                    weights=last.get("weights", "training"), test_key=key.removesuffix("_acc"))
     return out
 

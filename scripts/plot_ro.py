@@ -35,9 +35,9 @@ def gaps(run: Run) -> dict:
     best_row, last_row = run.test_row("best"), run.test_row("last")
     key = robust_key(last_row)
     if best_row and last_row and key:
-        out.update(test_key=key.removesuffix("_acc"), test_best=best_row[key], test_last=last_row[key],
-                   test_gap=best_row[key] - last_row[key], test_clean_best=best_row["clean_acc"],
-                   test_clean_last=last_row["clean_acc"], best_ckpt_epoch=best_row["epoch"])
+        out.update(test_key=key.removesuffix("_acc"), test_best=100 * best_row[key], test_last=100 * last_row[key],
+                   test_gap=100 * (best_row[key] - last_row[key]), test_clean_best=100 * best_row["clean_acc"],
+                   test_clean_last=100 * last_row["clean_acc"], best_ckpt_epoch=best_row["epoch"])
     return out
 
 

@@ -120,7 +120,8 @@ def test_cli_train_then_eval(tmp_path, capsys):
     assert code == 0
     report = json.loads((run / "eval.json").read_text())
     assert report["n_ex"] == 100 and report["attack"]["step"] == pytest.approx(0.025)
-    assert 0 <= report["pgd-3-1_acc"] <= report["clean_acc"] <= 100
+    assert 0 <= report["pgd-3-1_acc"] <= report["clean_acc"] <= 1  # fractions (README "Units")
+    assert report["units"] == "accuracies are fractions in [0, 1]"
     assert main(["eval", str(run), "--eps", "8"]) == 2
     assert "8/255" in capsys.readouterr().err
 

@@ -150,3 +150,29 @@ def test_cli_runs_components_under_l1(trained_digits_model, tmp_path, monkeypatc
     assert main([*common, "--attack", "apgd", "--eps", "0.1"]) == 2
     err = capsys.readouterr().err
     assert "'apgd' is not an attack" in err and "apgd-ce" in err
+
+
+def test_progress_bars_count_examples_and_only_attacked_points(trained_digits_model, data, capsys):
+    """The bars count examples (not batches), and the running accuracy is over the examples evaluated so far: at
+    the end of a stage it equals the stage's robust fraction of the points it attacked."""
+    import re
+
+    plan = EvalPlan(make_threat("linf", 0.1), attacks=["clean", "apgd-ce"], batch_size=25, aa_steps=3, seed=0)
+    report, _ = evaluate_robustness(trained_digits_model, *data, plan, num_classes=10, progress=True)
+    err = capsys.readouterr().err
+    stage = report["stages"][1]
+    n_att = stage["n_attacked"]
+    assert f"{n_att}/{n_att} [" in err and "ex/s" in err  # examples, not batches
+    finals = re.findall(r"robust (\d+\.\d\d)% of (\d+)", err)
+    assert finals and finals[-1] == (f"{100 * stage['n_robust'] / n_att:.2f}", str(n_att))
+    assert re.findall(r"correct (\d+\.\d\d)% of (\d+)", err)[-1] == (f"{100 * report['accuracy']['clean']:.2f}", str(N))
+
+
+def test_epoch_lines_show_accuracies_in_percent(capsys):
+    from types import SimpleNamespace
+
+    from robustrain.training.callbacks import ProgressBar
+
+    ProgressBar(enabled=True).on_epoch_end(SimpleNamespace(epoch=3, epochs=10),
+                                           {"val_clean_acc": 0.98125, "val_robust_acc": 0.5, "train_loss": 0.4321})
+    assert capsys.readouterr().out.strip() == "epoch 3/10  val_clean_acc=98.12%  val_robust_acc=50.00%  train_loss=0.4321"

@@ -200,16 +200,43 @@ def test_resume_continues_the_same_wandb_run_and_eval_attaches_its_report(tracke
     (run / "eval").mkdir()
     (run / "eval" / "report.json").write_text(json.dumps({"stages": []}))
     (run / "eval" / "report.md").write_text("# report\n")
-    report.write_text(json.dumps({"n_ex": 100, "clean_acc": 81.0, "pgd-50-10_acc": 40.5, "attack": {"steps": 50},
+    report.write_text(json.dumps({"n_ex": 100, "clean_acc": 0.81, "pgd-50-10_acc": 0.405, "attack": {"steps": 50},
                                   "report": str(run / "eval" / "report.json")}))
     assert attach_report(run, report) == info["id"]
     attached = read_offline_run(_sync_dirs(run)[-1])
     assert attached["run"].run_id == info["id"]
-    assert attached["summary"]["eval/eval/pgd-50-10_acc"] == 40.5
-    assert attached["summary"]["eval/eval/attack/steps"] == 50
+    assert attached["summary"]["eval/pgd-50-10_acc"] == 0.405  # eval.json's numbers under eval/, not eval/eval/
+    assert attached["summary"]["eval/attack/steps"] == 50
+    assert not any(k.startswith("eval/eval/") for k in attached["summary"])
     (art,) = attached["artifacts"]
     assert art.type == "evaluation"
     assert sorted(e.path for e in art.manifest.contents) == ["eval.json", "eval/report.json", "eval/report.md"]
+
+
+@pytest.mark.slow
+def test_wandb_is_quiet_by_default_and_every_offline_folder_is_listed(tmp_path):
+    """quiet (the default): one robustrain line when tracking starts, wandb's own output silenced (a fresh process
+    without the suite's WANDB_SILENT); the sync command names every offline folder of the run (first training,
+    resume), oldest first. quiet=False gives wandb's own lines back."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom robustrain.tracking import WandbLogger\nfor i in range(2):\n"
+              "    l = WandbLogger(sys.argv[1], mode='offline', name='q', quiet=sys.argv[2] == 'quiet')\n"
+              "    l.start()\n    command = l.finish(announce=False)\nprint('COMMAND', command)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_SILENT", "WANDB_MODE")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    out = {}
+    for how in ("quiet", "loud"):
+        proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / how), how], env=env, capture_output=True,
+                              text=True, timeout=120, check=True)
+        out[how] = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    quiet = [ln for ln in out["quiet"] if not ln.startswith("COMMAND")]
+    assert len(quiet) == 2 and all(ln.startswith("wandb: offline run ") for ln in quiet), quiet
+    assert len(out["loud"]) > 2 * len(out["quiet"])  # wandb's own banner and sync hints
+    dirs = json.loads((tmp_path / "quiet" / "wandb_run.json").read_text())["sync_dirs"]
+    assert len(dirs) == 2 and out["quiet"][-1] == "COMMAND wandb sync " + " ".join(dirs)
 
 
 def test_untracked_runs_and_other_ranks_stay_off(tmp_path, monkeypatch):
@@ -268,7 +295,7 @@ def test_report_draws_and_summarises_run_folders(tracked_run, tmp_path, capsys):
     summary = json.loads((tracked_run / "summary.json").read_text())
     last = next(r for r in summary["test"] if r["checkpoint"] == "last")
     best = next(r for r in summary["test"] if r["checkpoint"] == "best")
-    assert f"{best['clean_acc']:.1f} / {last['clean_acc']:.1f}" in md
+    assert f"{100 * best['clean_acc']:.2f} / {100 * last['clean_acc']:.2f}" in md  # fractions shown in percent
     assert "**catastrophic_overfitting**" in md and "1×CO" in md
     assert "![accuracy](accuracy.png)" in md
 
@@ -286,6 +313,29 @@ def test_report_draws_and_summarises_run_folders(tracked_run, tmp_path, capsys):
     assert "no metrics.jsonl" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_report_reads_run_folders_of_the_old_percent_format(tracked_run, tmp_path):
+    """summary.json and eval.json written before the units convention (percent, no "units" key) give the same report
+    as the new format (fractions)."""
+    new, old = tmp_path / "new" / "run", tmp_path / "old" / "run"
+    for d in (new, old):
+        shutil.copytree(tracked_run, d, ignore=shutil.ignore_patterns("wandb", "report", "*.pt"))
+        (d / "eval.json").write_text(json.dumps({"n_ex": 10, "clean_acc": 0.9, "autoattack_acc": 0.4, "epoch": 2,
+                                                 "units": "accuracies are fractions in [0, 1]"}))
+    summary = json.loads((old / "summary.json").read_text())
+    summary.pop("units")
+    for row in summary["test"]:
+        for k in [k for k in row if k.endswith("_acc")]:
+            row[k] = round(100 * row[k], 2)
+    (old / "summary.json").write_text(json.dumps(summary))
+    (old / "eval.json").write_text(json.dumps({"n_ex": 10, "clean_acc": 90.0, "autoattack_acc": 40.0, "epoch": 2}))
+    texts = {}
+    for d in (new, old):
+        assert main(["report", str(d), "--out", str(d.parent / "report"), "--title", "t"]) == 0
+        texts[d.parent.name] = (d.parent / "report" / "report.md").read_text().replace(str(d.parent), "DIR")
+    assert texts["old"] == texts["new"] and "clean_acc 90.00%, autoattack_acc 40.00%" in texts["new"]
+
+
 def test_results_tables_come_from_run_folders(tracked_run, tmp_path):
     import importlib.util
 
@@ -296,14 +346,14 @@ def test_results_tables_come_from_run_folders(tracked_run, tmp_path):
     shutil.copytree(tracked_run, seed1, ignore=shutil.ignore_patterns("wandb", "report", "*.pt"))
     summary = json.loads((seed1 / "summary.json").read_text())
     for row in summary["test"]:
-        row["clean_acc"] += 2.0  # a second "seed" 2 points better: mean +1, std √2
+        row["clean_acc"] += 0.02  # a second "seed" 2 points better: mean +1, std √2
     (seed1 / "summary.json").write_text(json.dumps(summary))
     cfg = yaml.safe_load((seed1 / "config.yaml").read_text())
     cfg["seed"] = 1
     (seed1 / "config.yaml").write_text(yaml.safe_dump(cfg))
     text = mod.tables([str(tracked_run), str(seed1)], "t", "cmd", "test machine")
     last = next(r for r in json.loads((tracked_run / "summary.json").read_text())["test"] if r["checkpoint"] == "last")
-    assert f"{last['clean_acc'] + 1:.1f} ± {2 ** 0.5:.1f}" in text
+    assert f"{100 * last['clean_acc'] + 1:.2f} ± {2 ** 0.5:.2f}" in text
     assert "| 0,1 " in text and "1/2" not in text and "2/2" in text  # both runs declared CO
 
 

@@ -138,7 +138,7 @@ def _evaluate(args: argparse.Namespace, is_main: bool) -> int:
 
 def _evaluate_and_write(args: argparse.Namespace, target, plan: EvalPlan, out_dir: Path, legacy_json: bool,
                         is_main: bool) -> int:
-    from ..tables import format_table
+    from ..tables import format_table, pct, radius_label
 
     report, _ = evaluate_robustness(target.model, target.x, target.y, plan, num_classes=target.num_classes,
                                     model_info=target.model_info, data_info=target.data_info, out_dir=out_dir,
@@ -146,10 +146,11 @@ def _evaluate_and_write(args: argparse.Namespace, target, plan: EvalPlan, out_di
     if not is_main:
         return 3 if report["sanity"]["n_errors"] else 0
     json_path, md_path = write_report(report, out_dir)
-    rows = [{"stage": s["name"], "attacked": s["n_attacked"], "robust_acc (%)": f"{100 * s['robust_acc']:.2f}",
+    rows = [{"stage": s["name"], "attacked": s["n_attacked"], "robust_acc (%)": pct(s["robust_acc"]),
              "seconds": f"{s['seconds']:.1f}"} for s in report["stages"]]
+    print(f"{report['threat']['norm']}, eps = {radius_label(report['threat']['eps'])}; {report['n_ex']} examples")
     print(format_table(rows, list(rows[0])))
-    print(f"\nworst-case robust accuracy: {100 * report['final']['robust_acc']:.2f}% on {report['n_ex']} examples"
+    print(f"\nworst-case robust accuracy: {pct(report['final']['robust_acc'])}% on {report['n_ex']} examples"
           + (f" (AutoAttack {args.version}, backend {report['backend']['name']})" if report["backend"] else ""))
     written = [json_path, md_path]
     if target.model_info.get("source") == "robustbench":
@@ -170,7 +171,7 @@ def _evaluate_and_write(args: argparse.Namespace, target, plan: EvalPlan, out_di
 def robustbench_result(report: dict) -> dict:
     """The evaluation as RobustBench names its results (``model_info`` fields: ``name``, ``dataset``,
     ``threat_model``, ``eps`` as 8/255, ``clean_acc``, ``autoattack_acc``), with robustrain's units (fractions)."""
-    from ..tables import format_radius
+    from ..tables import UNITS, format_radius
 
     m, acc = report["model"], report["accuracy"]
     out = {"name": m["name"], "dataset": m["dataset"], "threat_model": m["threat_model"],
@@ -180,8 +181,7 @@ def robustbench_result(report: dict) -> dict:
         out["autoattack_acc"] = acc["autoattack"]
         out["autoattack_version"] = report["settings"][next(s["name"] for s in report["stages"]
                                                                 if s["group"] == "autoattack")]["version"]
-    out.update({"worst_case_acc": acc["worst_case"], "standard": report["standard"],
-                "units": "accuracies are fractions in [0, 1]"})
+    out.update({"worst_case_acc": acc["worst_case"], "standard": report["standard"], "units": UNITS})
     return out
 
 
@@ -219,7 +219,7 @@ def _sweep_and_write(args: argparse.Namespace, target, plans: list[EvalPlan], ou
     ``sweep.md`` (percent) and ``sweep.png`` (robust accuracy against ε) into ``out_dir``."""
     from ..atomic import write_json_atomic
     from ..reporting import plot_sweep
-    from ..tables import format_radius, format_table, pct
+    from ..tables import UNITS, format_radius, format_table, pct
 
     reports, errors = [], 0
     for plan in plans:
@@ -239,7 +239,7 @@ def _sweep_and_write(args: argparse.Namespace, target, plans: list[EvalPlan], ou
     norm = plans[0].threat.norm
     sweep = {"threat": {"norm": norm, "eps": [p.threat.eps for p in plans]}, "attacks": reports[0]["attacks"],
              "backend": reports[0]["backend"], "n_ex": reports[0]["n_ex"], "model": reports[0]["model"],
-             "data": reports[0]["data"], "units": "accuracies are fractions in [0, 1]", "rows": rows,
+             "data": reports[0]["data"], "units": UNITS, "rows": rows,
              "reports": [str(out_dir / ("eps_" + r["eps_label"].replace("/", "_")) / "report.json") for r in rows]}
     write_json_atomic(out_dir / "sweep.json", sweep)
     table = format_table([{"eps": r["eps_label"], **{k: pct(r.get(k)) for k in keys}} for r in rows],
@@ -264,21 +264,23 @@ def _write_run_summary(report: dict, target, args: argparse.Namespace, path: Pat
                        attach: bool = True) -> Path:
     """The one-row ``eval.json`` beside a run's checkpoints (the format ``robustrain eval`` always wrote), or at
     ``path``; ``attach``: also attach it to the run's wandb run (which writes into the run folder)."""
+    from ..tables import UNITS, format_radius
     from ..tracking import attach_report
 
     acc = report["accuracy"]
     row = {"checkpoint": target.model_info["path"], "split": args.split, "n_ex": report["n_ex"],
-           "clean_acc": round(100 * acc["clean"], 2)}
+           "clean_acc": acc["clean"]}
     first_attack = None
     for s in report["stages"]:
         if s["group"] not in ("clean", "autoattack"):
-            row[f"{s['name']}_acc"] = round(100 * s["robust_acc"], 2)
+            row[f"{s['name']}_acc"] = s["robust_acc"]
             first_attack = first_attack or s["settings"]
     if "autoattack" in acc:
-        row["autoattack_acc"] = round(100 * acc["autoattack"], 2)
-    row["worst_case_acc"] = round(100 * acc["worst_case"], 2)
-    summary = {**row, "threat": report["threat"], "attack": first_attack, "seconds": report["runtime"]["per_stage"],
-               "epoch": target.epoch, "seed": args.seed, "report": str(report_path)}
+        row["autoattack_acc"] = acc["autoattack"]
+    row["worst_case_acc"] = acc["worst_case"]
+    summary = {**row, "units": UNITS, "threat": {**report["threat"], "eps_label": format_radius(report["threat"]["eps"])},
+               "attack": first_attack, "seconds": report["runtime"]["per_stage"], "epoch": target.epoch,
+               "seed": args.seed, "report": str(report_path)}
     out = path or target.run_dir / "eval.json"
     out.write_text(json.dumps(summary, indent=2))
     if attach:

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from ..attacks import attack_guard
 from ..errors import ConfigError, RobustrainError
 from ..provenance import package_versions
+from ..tables import radius_label
 from ..threat import ThreatModel
 from .autoattack import (COMPONENTS, STANDARD_QUERIES, STANDARD_STEPS, CascadeResult, Stage, StageSpec,
                          autoattack_stages, component_spec, run_cascade)
@@ -143,7 +144,7 @@ def evaluate_robustness(model: nn.Module, x: Tensor, y: Tensor, plan: EvalPlan, 
         check_seconds = time.perf_counter() - t0
         result = run_cascade(model, x, y, stages, plan.threat, batch_size=plan.batch_size, state=state,
                              progress=progress and info.is_main)
-    desc = f"the {plan.threat.norm} ball of radius {plan.threat.eps:.6g}"
+    desc = f"the {plan.threat.norm} ball of radius {radius_label(plan.threat.eps)}"
     after = checks_after(result.records, n, num_classes, desc)
     if info.is_main:
         announce(after)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ..atomic import write_json_atomic
 from ..errors import RobustrainError
+from ..tables import pct
 
 SCHEMA_VERSION = 2
 """2: the settings of every robustrain attack stage are the attack's own ``Attack.settings()`` (the real step and the
@@ -175,7 +176,7 @@ def file_sha256(path) -> str:
 
 # -- output ---------------------------------------------------------------------------------------------
 def _pct(v: float) -> str:
-    return f"{100 * v:.2f}"
+    return pct(v)
 
 
 def _attack_line(a: dict[str, Any]) -> str:
@@ -190,7 +191,7 @@ def _attack_line(a: dict[str, Any]) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     """The report as a short markdown page: one row per stage, the final number, the sanity checks."""
-    from ..tables import format_table
+    from ..tables import format_table, radius_label
 
     t, m, d = report["threat"], report["model"], report["data"]
     rows = [{"stage": s["name"], "after": s["after"] or "", "attacked": s["n_attacked"],
@@ -199,7 +200,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Robustness evaluation: {m.get('name') or m['source']}",
         "",
-        f"- threat model: {t['norm']}, eps = {t['eps']:.6g}; data: {d['dataset']} {d['split']}, first {d['n_ex']} "
+        f"- threat model: {t['norm']}, eps = {radius_label(t['eps'])}; data: {d['dataset']} {d['split']}, first {d['n_ex']} "
         f"examples (sha256 {d['sha256'][:12]}); model sha256 {m['sha256'][:12]}",
         f"- attacks: {', '.join(report['attacks'])}; backend: "
         + (f"{report['backend']['name']} {report['backend']['version']}" if report["backend"] else "none")

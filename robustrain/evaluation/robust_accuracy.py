@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from ..attacks import Attack
 from ..distributed import DistInfo, all_gather_cat, current, shard_bounds
 from ..guards import eval_mode
+from ..tables import pct
 
 
 @dataclass
@@ -39,6 +40,8 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
     max_batches: int | None = None,
     distributed: bool = False,
+    progress: str | None = None,
+    total: int | None = None,
 ) -> EvalResult:
     """Clean accuracy (key ``"clean"``) and accuracy under each attack in ``attacks`` on ``batches``.
 
@@ -49,6 +52,9 @@ def evaluate(
     so every rank returns the per-example results of all examples in their order. With deterministic attacks
     (clean, FGSM) they equal the single-process ones; random starts are drawn by each rank from ``generator`` for
     its own shard, so those results agree with a single process in distribution, not bit for bit.
+
+    ``progress`` (a label): a progress bar on stderr by examples (``total``: how many, when known), showing the
+    clean and attacked accuracy of the examples evaluated so far (examples still to come are not counted).
     """
     info = current() if distributed else DistInfo()
     shard_sizes: list[list[int]] = []  # per batch, every rank's number of examples
@@ -61,7 +67,8 @@ def evaluate(
 
     flags: dict[str, list[Tensor]] = {"clean": [], **{name: [] for name in attacks}}
     seconds = {name: 0.0 for name in flags}
-    with eval_mode(model):
+    bar = _bar(progress if info.is_main else None, total)
+    with eval_mode(model), bar:
         for i, (x, y) in enumerate(batches):
             if max_batches is not None and i >= max_batches:
                 break
@@ -93,10 +100,33 @@ def evaluate(
                     adv = model(res.x_adv).argmax(dim=1) == y
                 flags[name].append((adv & clean).cpu())
                 seconds[name] += time.perf_counter() - t0
+            if bar is not _NO_BAR:
+                bar.update(y.shape[0] * info.world_size if info.enabled else y.shape[0])
+                bar.set_postfix_str("  ".join(f"{k} {pct(torch.cat(v).float().mean().item())}%"
+                                              for k, v in flags.items() if v), refresh=False)
     correct = {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.bool) for k, v in flags.items()}
     if info.enabled:
         correct = {k: _in_batch_order(all_gather_cat(v), shard_sizes) for k, v in correct.items()}
     return EvalResult(correct=correct, seconds=seconds)
+
+
+class _NoBar(contextlib.nullcontext):
+    def update(self, n: int) -> None: ...
+
+    def set_postfix_str(self, s: str, refresh: bool = True) -> None: ...
+
+
+_NO_BAR = _NoBar()
+
+
+def _bar(label: str | None, total: int | None):
+    if label is None:
+        return _NO_BAR
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=label, unit="ex", file=sys.stderr, leave=False, dynamic_ncols=True, mininterval=0.5)
 
 
 def _in_batch_order(gathered: Tensor, shard_sizes: list[list[int]]) -> Tensor:

@@ -43,7 +43,7 @@ def _last(run: Run, key: str) -> float | None:
 
 
 def _fmt(v: float | None) -> str:
-    return "–" if v is None else f"{v:.1f}"
+    return pct(v)
 
 
 def run_table(runs: Sequence[Run]) -> str:
@@ -91,7 +91,7 @@ def report_markdown(runs: Sequence[Run], images: dict[str, str], command: str, t
         lines += ["", "## Evaluation reports", ""]
         for r, name, rep in reports:
             accs = {k: v for k, v in rep.items() if k.endswith("_acc") and number(v) is not None}
-            shown = ", ".join(f"{k} {v}" for k, v in accs.items()) or "(no *_acc fields)"
+            shown = ", ".join(f"{k} {pct(v)}%" for k, v in accs.items()) or "(no *_acc fields)"
             lines.append(f"- {r.label}/{name}.json: {shown}" + (f" (n = {rep['n_ex']})" if "n_ex" in rep else ""))
     lines += ["", "## Plots", ""]
     lines += [f"![{name}]({path})" for name, path in images.items()]
@@ -99,11 +99,12 @@ def report_markdown(runs: Sequence[Run], images: dict[str, str], command: str, t
 
 
 def _mean_std(values: list[float]) -> str:
+    """Mean ± standard deviation of percentages, 2 decimals."""
     if not values:
         return "–"
     if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def seed_table(runs: Sequence[Run]) -> str:
@@ -119,10 +120,10 @@ def seed_table(runs: Sequence[Run]) -> str:
         rows.append({
             "data": data, "training": training, "ε": eps,
             "seeds": ",".join(str(r.config.get("seed")) for r in members),
-            "test clean (last)": _mean_std([v for r in members if (v := _test(r, "last", False)) is not None]),
-            "test robust (last)": _mean_std([v for r in members if (v := _test(r, "last", True)) is not None]),
-            "test clean (best)": _mean_std([v for r in members if (v := _test(r, "best", False)) is not None]),
-            "test robust (best)": _mean_std([v for r in members if (v := _test(r, "best", True)) is not None]),
+            "test clean (last)": _mean_std([100 * v for r in members if (v := _test(r, "last", False)) is not None]),
+            "test robust (last)": _mean_std([100 * v for r in members if (v := _test(r, "last", True)) is not None]),
+            "test clean (best)": _mean_std([100 * v for r in members if (v := _test(r, "best", False)) is not None]),
+            "test robust (best)": _mean_std([100 * v for r in members if (v := _test(r, "best", True)) is not None]),
             "best val PGD": _mean_std(best_vals),
             "runs with CO declared": f"{co}/{len(members)}" if any(r.checks for r in members) else "no monitor",
         })

@@ -72,8 +72,11 @@ def _event_legend(runs: Sequence[Run]):
 
 def plot_epoch_panels(runs: Sequence[Run], path: str | Path, title: str, panels=ACCURACY_PANELS, *,
                       mark_events: bool = True, dashed_without_regulariser: bool = False,
-                      shade_warmup: bool = True, width: float = 4.6) -> Path:
-    """One panel per per-epoch metric (accuracy in %), one line per run; panels no run has are left out."""
+                      shade_warmup: bool = True, width: float = 4.6, mark_results: bool = True) -> Path:
+    """One panel per per-epoch metric (accuracy in %, every panel on the 0–100 scale), one line per run; panels no
+    run has are left out. ``mark_results``: the best epoch (dotted line, the validation-chosen best.pt), the test
+    accuracy of best.pt and last.pt (diamond, square) on the clean and PGD panels, and AutoAttack's accuracy from
+    the run's eval.json (star) on the PGD panel, each at its checkpoint's epoch."""
     plt = pyplot()
     panels = [p for p in panels if any(_epoch_values(r, p)[1] for r in runs)]
     fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels) + 2.4, 4.6), sharex=True, squeeze=False)
@@ -85,6 +88,8 @@ def plot_epoch_panels(runs: Sequence[Run], path: str | Path, title: str, panels=
             ax.plot(xs, [100 * v for v in ys], style, marker="o", ms=3.5, color=_colour(i), label=run.label)
             if mark_events:
                 _mark_events(ax, run, _colour(i), i, with_label=len(runs) == 1)
+            if mark_results:
+                _mark_results(ax, run, panel[0], _colour(i))
     for ax, (_, label, _) in zip(axes, panels):
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("epoch")
@@ -98,14 +103,62 @@ def plot_epoch_panels(runs: Sequence[Run], path: str | Path, title: str, panels=
         axes[0].text(0.05, 0.03, f"shaded: ε warm-up ({warm:g} epochs)", transform=axes[0].transAxes, fontsize=8,
                      color="0.35")
     handles, labels = axes[0].get_legend_handles_labels()
-    if mark_events:
-        extra = _event_legend(runs)
-        handles, labels = handles + extra, labels + [h.get_label() for h in extra]
+    extra = (_event_legend(runs) if mark_events else []) + (_result_legend(runs) if mark_results else [])
+    handles, labels = handles + extra, labels + [h.get_label() for h in extra]
     fig.legend(handles, labels, fontsize=8, loc="center right",
                title="dashed: no\nregulariser" if dashed_without_regulariser else None, title_fontsize=8)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0, 1 - 1.9 / (width * len(panels) + 2.4), 1))
     return _save(fig, path)
+
+
+TEST_PANELS = {"val_clean_acc": "clean_acc", "val_robust_acc": None}
+"""Panels that get the test points: the clean panel the test clean accuracy, the PGD panel the test attack's."""
+
+
+def _best_epoch(run: Run) -> float | None:
+    row = run.test_row("best")
+    if row and row.get("epoch") is not None:
+        return float(row["epoch"])
+    xs, ys = run.epoch_series("val_robust_acc")
+    return xs[max(range(len(ys)), key=lambda j: ys[j])] if ys else None
+
+
+def _mark_results(ax, run: Run, key: str, colour) -> None:
+    """Best epoch, test points of best.pt / last.pt, AutoAttack of eval.json (see :func:`plot_epoch_panels`)."""
+    best = _best_epoch(run)
+    if best is not None:
+        ax.axvline(best, color=colour, linestyle=":", linewidth=1.3, alpha=0.8, zorder=1)
+    if key not in TEST_PANELS:
+        return
+    for which, marker in (("best", "D"), ("last", "s")):
+        row = run.test_row(which)
+        if not row or row.get("epoch") is None:
+            continue
+        acc_key = TEST_PANELS[key] or next((k for k in row if k.endswith("_acc") and k != "clean_acc"), None)
+        if acc_key and row.get(acc_key) is not None:
+            ax.plot([row["epoch"]], [100 * row[acc_key]], marker=marker, ms=8, color=colour, markerfacecolor="white",
+                    markeredgewidth=1.6, linestyle="none", zorder=4)
+    ev = run.evals.get("eval") or {}
+    aa = ev.get("autoattack_acc")
+    if key == "val_robust_acc" and aa is not None and ev.get("epoch") is not None:
+        ax.plot([ev["epoch"]], [100 * aa], marker="*", ms=13, color=colour, markeredgecolor="black",
+                linestyle="none", zorder=5)
+
+
+def _result_legend(runs: Sequence[Run]):
+    from matplotlib.lines import Line2D
+
+    out = [Line2D([], [], color="0.3", linestyle=":", label="best epoch (best.pt)")]
+    if any(r.test_row("best") for r in runs):
+        out += [Line2D([], [], color="0.3", marker="D", markerfacecolor="white", linestyle="none",
+                       label="test, best.pt"),
+                Line2D([], [], color="0.3", marker="s", markerfacecolor="white", linestyle="none",
+                       label="test, last.pt")]
+    if any((r.evals.get("eval") or {}).get("autoattack_acc") is not None for r in runs):
+        out.append(Line2D([], [], color="0.3", marker="*", markeredgecolor="black", ms=11, linestyle="none",
+                          label="AutoAttack (eval.json)"))
+    return out
 
 
 def _epoch_values(run: Run, panel) -> tuple[list[float], list[float]]:
@@ -123,6 +176,8 @@ def plot_training(runs: Sequence[Run], path: str | Path, title: str) -> Path:
     for i, run in enumerate(runs):
         for ax, (key, _) in zip(axes.flat, TRAINING_PANELS):
             xs, ys = run.step_series(key)
+            if key == "train_adv_acc":
+                ys = [100 * v for v in ys]  # accuracies in percent on every plot
             if key in ("loss", "train_adv_acc"):  # noisy: raw faint, running mean solid
                 ax.plot(xs, ys, color=_colour(i), linewidth=0.6, alpha=0.25)
                 ys = _smooth(ys)
@@ -137,7 +192,8 @@ def plot_training(runs: Sequence[Run], path: str | Path, title: str) -> Path:
         if key == "loss":
             ax.set_yscale("log")
         if key == "train_adv_acc":
-            ax.set_ylim(-0.02, 1.05)
+            ax.set_ylim(-2, 104)
+            ax.set_ylabel("accuracy (%)")
         if key in ("lr", "eps"):
             ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 1e-12))
     for ax in axes[1]:
@@ -193,9 +249,9 @@ def plot_monitor_checks(runs: Sequence[Run], path: str | Path, title: str) -> Pa
     fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 4.2), sharey=True, squeeze=False)
     for ax, run in zip(axes[0], runs):
         steps = [c["step"] for c in run.checks]
-        ax.plot(steps, [c["clean_acc"] for c in run.checks], label="clean", color="tab:blue")
-        ax.plot(steps, [c["fgsm_acc"] for c in run.checks], label="FGSM", color="tab:orange")
-        ax.plot(steps, [c["pgd_acc"] for c in run.checks], label="PGD", color="tab:red", linewidth=2)
+        ax.plot(steps, [100 * c["clean_acc"] for c in run.checks], label="clean", color="tab:blue")
+        ax.plot(steps, [100 * c["fgsm_acc"] for c in run.checks], label="FGSM", color="tab:orange")
+        ax.plot(steps, [100 * c["pgd_acc"] for c in run.checks], label="PGD", color="tab:red", linewidth=2)
         if "eps" in run.checks[0]:
             ax2 = ax.twinx()
             ax2.plot(steps, [c["eps"] for c in run.checks], color="gray", linestyle=":", label="ε of the check")
@@ -207,14 +263,14 @@ def plot_monitor_checks(runs: Sequence[Run], path: str | Path, title: str) -> Pa
             ax.axvline(e["step"], color=colour, linestyle="--", alpha=0.8)
             at_step.setdefault(e["step"], []).append(short)
         for step, shorts in at_step.items():  # one label per step: "CO + rollback"
-            ax.annotate(" + ".join(shorts), (step, 1.0), xytext=(3, 3), textcoords="offset points", fontsize=8,
+            ax.annotate(" + ".join(shorts), (step, 100.0), xytext=(3, 3), textcoords="offset points", fontsize=8,
                         color="0.15", va="bottom")
         ax.set_title(run.label, fontsize=10, pad=16 if run.events else 6)
         ax.set_xlabel("training step")
-        ax.set_ylim(0, 1.0)
+        ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
     n_check = runs[0].config.get("monitor", {}).get("n_check", "")
-    axes[0][0].set_ylabel(f"accuracy on {n_check} held-out images")
+    axes[0][0].set_ylabel(f"accuracy (%) on {n_check} held-out images")
     axes[0][0].legend(loc="lower left", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from ..errors import RobustrainError
+from ..tables import pct as tables_pct
 
 EVENT_STYLE = {  # kind -> (short label, colour)
     "catastrophic_overfitting": ("CO", "tab:red"),
@@ -107,12 +108,26 @@ def load_run(folder: str | Path, label: str | None = None) -> Run:
             run.events.append(r)
     if (folder / "summary.json").exists():
         run.summary = json.loads((folder / "summary.json").read_text())
+        for row in run.summary.get("test", []):
+            as_fractions(row, old=run.summary.get("units") is None)
     for path in sorted([*folder.glob("eval*.json"), *folder.glob("report.json")]):
         try:
-            run.evals[path.stem] = json.loads(path.read_text())
+            ev = json.loads(path.read_text())
         except json.JSONDecodeError:
             continue
+        if isinstance(ev, dict):  # report.json has no top-level *_acc fields; an old eval.json has them in percent
+            run.evals[path.stem] = as_fractions(ev, old=ev.get("units") is None)
     return run
+
+
+def as_fractions(row: dict, *, old: bool) -> dict:
+    """``row`` with its top-level ``*_acc`` numbers as fractions: files written before the units convention (no
+    ``units`` key: summary.json test rows and eval.json in percent) are converted in place, new ones kept."""
+    if old:
+        for k, v in row.items():
+            if k.endswith("_acc") and number(v) is not None:
+                row[k] = float(v) / 100
+    return row
 
 
 def load_runs(folders: list[str | Path]) -> list[Run]:
@@ -154,4 +169,5 @@ def describe(cfg: dict) -> str:
 
 
 def pct(v: float | None) -> str:
-    return "–" if v is None else f"{100 * v:.1f}"
+    """An accuracy (a fraction) in percent with 2 decimals (README "Units"); "–" for None."""
+    return "–" if v is None else tables_pct(v)

@@ -101,16 +101,31 @@ def _remember(run_dir: Path, run: Any, mode: str) -> None:
     _write_run_file(run_dir, info)
 
 
-def _finish(run: Any, mode: str, exit_code: int = 0, announce: bool = True) -> str | None:
-    """End the run; for an offline run return (and print, if ``announce``) the command that uploads it."""
+def sync_command(run_dir: str | Path) -> str | None:
+    """``wandb sync DIR ...`` with every offline folder of the run (its first training, each resume, each attached
+    evaluation: ``sync_dirs`` of ``wandb_run.json``), oldest first; None when there is none."""
+    dirs = read_run_file(run_dir).get("sync_dirs") or []
+    return "wandb sync " + " ".join(str(d) for d in dirs) if dirs else None
+
+
+def _finish(run: Any, mode: str, run_dir: Path, exit_code: int = 0, announce: bool = True) -> str | None:
+    """End the run; for an offline run return (and print, if ``announce``) the command that uploads it: every
+    offline folder of the run (:func:`sync_command`)."""
     sync_dir = run.settings.sync_dir
     run.finish(exit_code=exit_code)
     if mode != "offline":
         return None
-    command = f"wandb sync {sync_dir}"
+    command = sync_command(run_dir) or f"wandb sync {sync_dir}"
     if announce:
         print(f"wandb: offline run saved; upload it with:  {command}", flush=True)
     return command
+
+
+def wandb_settings(quiet: bool):
+    """wandb's settings: ``quiet`` silences wandb's own console output (robustrain prints a one-line summary)."""
+    import wandb
+
+    return wandb.Settings(silent=True) if quiet else wandb.Settings(quiet=False)
 
 
 def _number(v: Any) -> float | None:
@@ -138,7 +153,8 @@ class WandbLogger(Callback):
     def __init__(self, run_dir: str | Path, *, mode: str = "auto", project: str = "robustrain",
                  entity: str | None = None, group: str | None = None, tags: list[str] | tuple[str, ...] = (),
                  name: str | None = None, config: dict | None = None, environment: dict | None = None,
-                 log_every: int = 10, log_checkpoints: bool = False, finish_at_fit_end: bool = True):
+                 log_every: int = 10, log_checkpoints: bool = False, finish_at_fit_end: bool = True,
+                 quiet: bool = True):
         self.run_dir = Path(run_dir)
         self.requested_mode = mode
         self.project, self.entity, self.group, self.tags, self.name = project, entity, group, list(tags), name
@@ -147,6 +163,7 @@ class WandbLogger(Callback):
         self.every = max(1, int(log_every))
         self.log_checkpoints = log_checkpoints
         self.finish_at_fit_end = finish_at_fit_end
+        self.quiet = bool(quiet)
         self.mode = "disabled"
         self.run: Any = None
         self.run_id: str | None = None
@@ -168,7 +185,8 @@ class WandbLogger(Callback):
         try:
             self.run = wandb.init(project=self.project, entity=self.entity, group=self.group, tags=self.tags or None,
                                   name=self.name, config={**self.config, "environment": self.environment},
-                                  mode=self.mode, dir=str(self.run_dir), id=run_id, resume="allow", job_type="train")
+                                  mode=self.mode, dir=str(self.run_dir), id=run_id, resume="allow", job_type="train",
+                                  settings=wandb_settings(self.quiet))
         except Exception as e:  # noqa: BLE001 - wandb raises many kinds; an explicit mode must work, auto may not
             if self.requested_mode != "auto":
                 raise
@@ -181,6 +199,9 @@ class WandbLogger(Callback):
         self.run.define_metric("epoch")
         self.run.define_metric("val/*", step_metric="epoch")
         _remember(self.run_dir, self.run, self.mode)
+        if self.quiet:
+            where = getattr(self.run, "url", None) if self.mode == "online" else self.run.settings.sync_dir
+            print(f"wandb: {self.mode} run {self.run.id} ({where})", flush=True)
 
     def finish(self, summary: dict[str, Any] | None = None, exit_code: int = 0, announce: bool = True) -> str | None:
         """Add the test results of ``summary`` to the run summary and end the run; returns the ``wandb sync``
@@ -194,7 +215,7 @@ class WandbLogger(Callback):
                         self.run.summary[f"test/{row['checkpoint']}/{k}"] = v
             self.run.summary["train_seconds"] = summary.get("train_seconds")
         run, self.run = self.run, None
-        return _finish(run, self.mode, exit_code, announce)
+        return _finish(run, self.mode, self.run_dir, exit_code, announce)
 
     def _log(self, trainer: "Trainer", data: dict[str, Any]) -> None:
         if self.run is not None and trainer.step >= self.run.step:  # a resumed run does not re-log old steps
@@ -258,7 +279,7 @@ class WandbLogger(Callback):
     def on_exception(self, trainer: "Trainer", exc: BaseException) -> None:
         if self.run is not None:
             run, self.run = self.run, None
-            _finish(run, self.mode, exit_code=1)
+            _finish(run, self.mode, self.run_dir, exit_code=1)
 
     def _log_checkpoints(self, trainer: "Trainer") -> None:
         import wandb
@@ -299,8 +320,9 @@ def _flat_numbers(data: Any, prefix: str = "") -> dict[str, float]:
 
 def attach_report(run_dir: str | Path, report_path: str | Path) -> str | None:
     """Attach an evaluation report (``eval.json``, ``report.json``, ...) to the run's wandb run: its numbers go to
-    the run summary under ``eval/<file stem>/...`` and the file itself becomes an ``evaluation`` artifact (with the
-    full report it names under ``"report"``, and that report's ``.md``, when they exist).
+    the run summary under ``eval/...`` (``eval/<file stem>/...`` for a file not called ``eval.json``) and the file
+    itself becomes an ``evaluation`` artifact (with the full report it names under ``"report"``, and that report's
+    ``.md``, when they exist).
 
     Does nothing (returns None) for a run that was not tracked, with ``WANDB_MODE=disabled`` or on non-zero ranks;
     returns the wandb run id otherwise. The run is resumed in the mode it was trained in (online falls back to
@@ -317,11 +339,12 @@ def attach_report(run_dir: str | Path, report_path: str | Path) -> str | None:
     import wandb
 
     run = wandb.init(id=info["id"], project=info.get("project"), entity=info.get("entity"), resume="allow",
-                     mode=mode, dir=str(run_dir))
+                     mode=mode, dir=str(run_dir), settings=wandb_settings(True))
     _remember(Path(run_dir), run, mode)
     report = json.loads(report_path.read_text())
+    prefix = "eval" if report_path.stem == "eval" else f"eval/{report_path.stem}"  # eval.json: eval/clean_acc
     for k, v in _flat_numbers(report).items():
-        run.summary[f"eval/{report_path.stem}/{k}"] = v
+        run.summary[f"{prefix}/{k}"] = v
     art = wandb.Artifact(f"eval-{run.id}", type="evaluation", metadata={"file": report_path.name})
     art.add_file(str(report_path), name=report_path.name)
     full = Path(str(report.get("report", ""))) if isinstance(report, dict) else Path()
@@ -330,5 +353,5 @@ def attach_report(run_dir: str | Path, report_path: str | Path) -> str | None:
             art.add_file(str(extra), name=f"{full.parent.name}/{extra.name}")
     run.log_artifact(art, aliases=[report_path.stem])
     run_id = run.id
-    _finish(run, mode)
+    _finish(run, mode, Path(run_dir), announce=False)
     return run_id

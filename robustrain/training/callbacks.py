@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..atomic import write_text_atomic
+from ..tables import pct
 
 if TYPE_CHECKING:  # pragma: no cover
     from .trainer import Trainer
@@ -104,8 +105,14 @@ class JSONLLogger(Callback):
         self._write({"kind": "epoch", "epoch": trainer.epoch, "step": trainer.step, "time": time.time(), **metrics})
 
 
+def _shown(key: str, value: float) -> str:
+    """One metric of an epoch line: an accuracy (``*_acc``, a fraction) as a percentage, anything else as it is."""
+    return f"{key}={pct(value)}%" if key.endswith("_acc") else f"{key}={value:.4g}"
+
+
 class ProgressBar(Callback):
-    """A tqdm bar per epoch with the running loss, training robust accuracy and lr."""
+    """A tqdm bar per epoch with the running loss, training robust accuracy (%) and lr; an epoch line at its end
+    (accuracies in percent, README "Units")."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
@@ -123,13 +130,13 @@ class ProgressBar(Callback):
     def on_batch_end(self, trainer: "Trainer", logs: dict[str, float]) -> None:
         if self._bar is not None:
             self._bar.update(1)
-            self._bar.set_postfix(loss=f"{logs['loss']:.3f}", adv_acc=f"{logs['train_adv_acc']:.2f}",
+            self._bar.set_postfix(loss=f"{logs['loss']:.3f}", adv_acc=f"{pct(logs['train_adv_acc'])}%",
                                   lr=f"{logs['lr']:.3g}", refresh=False)
 
     def on_epoch_end(self, trainer: "Trainer", metrics: dict[str, float]) -> None:
         self._close()
         if self.enabled:
-            shown = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith(("val_", "train_")))
+            shown = "  ".join(_shown(k, v) for k, v in metrics.items() if k.startswith(("val_", "train_")))
             print(f"epoch {trainer.epoch}/{trainer.epochs}  {shown}", flush=True)
 
     def on_fit_end(self, trainer: "Trainer") -> None:
