@@ -147,6 +147,13 @@ def test_cli_runs_components_under_l1(trained_digits_model, tmp_path, monkeypatc
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [s["name"] for s in report["stages"]] == ["clean", "apgd-ce", "square"]
     assert report["backend"]["name"] == "autoattack" and report["threat"]["norm"] == "l1"
+    # the target command: components alone, L1, two radii -> a report each and the sweep table
+    code = main([*common, "--attack", "apgd-ce,square", "--norm", "l1", "--eps", "4/255,8/255", "--out", "sweep"])
+    assert code == 0, capsys.readouterr().err
+    sweep = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert [r["eps_label"] for r in sweep["rows"]] == ["4/255", "8/255"] and sweep["threat"]["norm"] == "l1"
+    assert {"clean_acc", "apgd-ce_acc", "square_acc", "worst_case_acc"} <= set(sweep["rows"][0])
+    assert "| 8/255 |" in capsys.readouterr().out
     assert main([*common, "--attack", "apgd", "--eps", "0.1"]) == 2
     err = capsys.readouterr().err
     assert "'apgd' is not an attack" in err and "apgd-ce" in err
