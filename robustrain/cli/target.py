@@ -170,16 +170,19 @@ RB_THREATS = {"linf": "Linf", "l2": "L2"}
 def import_robustbench():
     """The ``robustbench`` package. Its PyPI release (1.1.1) imports ``autoattack``, which PyPI ships as
     ``pyautoattack``, and ``pkg_resources``, which setuptools 81 removed; where those imports fail, the installed
-    ``pyautoattack`` and a ``pkg_resources.resource_filename`` over ``importlib.resources`` stand in for them."""
+    ``pyautoattack`` and a ``pkg_resources.resource_filename`` over ``importlib.resources`` stand in for them while
+    robustbench is imported (and are taken out of ``sys.modules`` again, so nothing else sees them)."""
     import types
 
+    if "robustbench" in sys.modules:
+        return sys.modules["robustbench"]
+    stand_ins: dict[str, Any] = {}
     try:
         importlib.import_module("autoattack")
     except ImportError:
         try:
-            official = importlib.import_module("pyautoattack")
-            sys.modules["autoattack"] = official
-            sys.modules["autoattack.state"] = importlib.import_module("pyautoattack.state")
+            stand_ins["autoattack"] = importlib.import_module("pyautoattack")
+            stand_ins["autoattack.state"] = importlib.import_module("pyautoattack.state")
         except ImportError:
             pass  # robustbench's own import error below says what is missing
     try:
@@ -187,13 +190,18 @@ def import_robustbench():
     except ImportError:
         from importlib import resources
 
-        sys.modules["pkg_resources"] = types.SimpleNamespace(
+        stand_ins["pkg_resources"] = types.SimpleNamespace(
             resource_filename=lambda package, path: str(resources.files(package) / path))
+    sys.modules.update(stand_ins)
     try:
         return importlib.import_module("robustbench")
     except ImportError as e:
         raise ConfigError(f"--model robustbench:NAME needs the robustbench package ({e}); install it with  pip install "
                           "robustbench  (or  pip install robustrain[robustbench]).") from e
+    finally:
+        for name, module in stand_ins.items():
+            if sys.modules.get(name) is module:
+                del sys.modules[name]
 
 
 def robustbench_checkpoint(name: str, model_dir: str | Path, dataset: str, threat_model: str) -> Path:
