@@ -185,8 +185,15 @@ def build_trainer(cfg: Config, run_dir: Path, data: Data | None = None) -> tuple
                       procedures=build_procedures_from(cfg),
                       grad_clip=cfg.train.grad_clip, amp_dtype=amp,
                       eps_warmup_steps=round(cfg.train.eps_warmup_epochs * steps_per_epoch), seed=cfg.seed,
-                      config=to_dict(cfg), compile=cfg.train.compile)
+                      config=to_dict(cfg), compile=resolve_compile(cfg.train.compile, model))
     return trainer, data
+
+
+def resolve_compile(compile: bool | None, model: torch.nn.Module) -> bool:
+    """``train.compile``: as given, or (null) on when the model is on a CUDA device."""
+    if compile is not None:
+        return bool(compile)
+    return next(model.parameters()).device.type == "cuda"
 
 
 def build_tracker(cfg: Config, run_dir: Path) -> WandbLogger:

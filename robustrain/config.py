@@ -112,7 +112,8 @@ class TrainConfig:
     checkpoint_every: int = 0
     log_every: int = 10
     progress: bool = True
-    compile: bool = False  # torch.compile the training forward/backward (falls back to eager with a warning)
+    compile: bool | None = None  # torch.compile the training step (forward, loss, backward; eager fallback with a
+    # warning); null: on CUDA yes, elsewhere no
     sync_batchnorm: bool = False  # distributed (torchrun) on GPUs: BatchNorm statistics over the global batch
 
 

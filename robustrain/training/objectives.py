@@ -51,10 +51,15 @@ class CrossEntropy:
             raise ConfigError(f"ce: label_smoothing must be in [0, 1), got {label_smoothing}.")
         self.label_smoothing = float(label_smoothing)
 
+    def per_example_loss(self, logits: Tensor, y: Tensor) -> Tensor:
+        """The per-example loss from fp32 logits (what :class:`~.compiled.CompiledObjective` compiles with the
+        forward)."""
+        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing, reduction="none")
+
     def __call__(self, ctx: StepContext) -> dict[str, Any]:
         logits = _forward(ctx, ctx.result.x_adv)
         ctx.logits_adv = logits
-        per = F.cross_entropy(logits, ctx.y, label_smoothing=self.label_smoothing, reduction="none")
+        per = self.per_example_loss(logits, ctx.y)
         return {"loss": per.mean(), "per_example": per}
 
 

@@ -26,6 +26,7 @@ from .callbacks import Callback
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from .hooks import LossTerm, Procedure, StepContext, WeightPerturbation
 from .objectives import CrossEntropy
+from .compiled import compiled_objective
 from .parallel import rank_seed, sync_step, sync_term_states, training_module
 from .remedies import Remedy
 from .schedules import LRSchedule, optimizer_momentum, set_momentum
@@ -62,8 +63,11 @@ class Trainer:
         seed: seeds the trainer's generator (attack noise, regulariser draws); the global RNGs (dropout) are
             the caller's to seed, and are saved and restored with every checkpoint.
         config: plain-data config stored in every checkpoint.
-        compile: run the training forward/backward through ``torch.compile`` (falls back to eager, with one
-            warning, where compiling fails); attacks, validation and checkpoints use the eager model.
+        compile: run the training step through ``torch.compile``: every training forward and its backward
+            (:class:`~.compiled.CompiledModule`), and the main forward with the loss as one graph where the objective
+            allows (:class:`~.compiled.CompiledObjective`, cross-entropy). Falls back to eager, with one warning,
+            where compiling fails; attacks, validation and checkpoints use the eager model. ``build_trainer`` turns
+            it on by default on CUDA (``train.compile: null``).
         dist: the process group this trainer is part of (default: the current one, see
             :mod:`robustrain.distributed`). With more than one process the training forward/backward runs through
             ``DistributedDataParallel`` (the attack runs on the plain model, on this rank's shard, with the
@@ -120,6 +124,8 @@ class Trainer:
         self.dist = dist or current()
         self.generator = torch.Generator(device=self.device).manual_seed(rank_seed(self.seed, self.dist.rank))
         self.train_model = training_module(model, self.dist, compile=compile)  # the model itself, or wrapped
+        # the main forward and loss in one compiled graph (cross-entropy), else the objective as it is
+        self._step_objective = compiled_objective(self.objective, self.train_model) if compile else self.objective
         # progress
         self.epoch = 0  # finished epochs
         self.batch_in_epoch = 0  # finished batches of the current epoch
@@ -232,12 +238,12 @@ class Trainer:
                           optimizer=self.optimizer, threat=attack.threat)
 
         def loss_fn(per_example: bool = False) -> Tensor:
-            out = self.objective(ctx)
+            out = self._step_objective(ctx)
             return out["per_example"] if per_example else out["loss"]
 
         wp = self.weight_perturbation.applied(ctx, loss_fn) if self.weight_perturbation else contextlib.nullcontext()
         with wp:
-            out = self.objective(ctx)
+            out = self._step_objective(ctx)
             loss = self._weighted(ctx, out)
             logs: dict[str, float] = {"loss_main": loss.item()}
             term_outs = []
