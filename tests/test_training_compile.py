@@ -45,13 +45,13 @@ def test_a_failing_compile_falls_back_to_the_eager_step_with_one_warning(tmp_pat
 
     eager, batches = _trainer(tmp_path, "eager", False)
     fallback, _ = _trainer(tmp_path, "fallback", False)
-    fallback._step_objective = CompiledObjective(fallback.objective, fallback.model, backend=broken_backend)
+    fallback._compiled_objective = CompiledObjective(fallback.objective, fallback.model, backend=broken_backend)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         losses = _steps(fallback, batches)
     compile_warnings = [w for w in caught if "train.compile" in str(w.message)]
     assert len(compile_warnings) == 1 and "eagerly" in str(compile_warnings[0].message)
-    assert fallback._step_objective.failed
+    assert fallback._step_objective().failed
     assert losses == _steps(eager, batches)  # the eager objective, bit for bit
     for a, b in zip(eager.model.parameters(), fallback.model.parameters()):
         assert torch.equal(a, b)
@@ -64,11 +64,11 @@ def test_compiled_step_gives_the_parameters_of_the_eager_step(tmp_path, extra):
     rounding of the eager run's, and the compiled path really ran (no fallback)."""
     eager, batches = _trainer(tmp_path, "eager", False, extra)
     comp, _ = _trainer(tmp_path, "compiled", True, extra)
-    assert isinstance(comp.train_model, CompiledModule) and isinstance(comp._step_objective, CompiledObjective)
+    assert isinstance(comp.train_model, CompiledModule) and isinstance(comp._step_objective(), CompiledObjective)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a fallback would warn
         compiled_losses = _steps(comp, batches)
-    assert not comp._step_objective.failed and not comp.train_model.failed
+    assert not comp._step_objective().failed and not comp.train_model.failed
     eager_losses = _steps(eager, batches)
     tol = 2e-2 if extra else 1e-4  # bf16 autocast: inductor and eager round the matmuls differently
     assert compiled_losses == pytest.approx(eager_losses, rel=tol, abs=tol)

@@ -124,8 +124,8 @@ class Trainer:
         self.dist = dist or current()
         self.generator = torch.Generator(device=self.device).manual_seed(rank_seed(self.seed, self.dist.rank))
         self.train_model = training_module(model, self.dist, compile=compile)  # the model itself, or wrapped
-        # the main forward and loss in one compiled graph (cross-entropy), else the objective as it is
-        self._step_objective = compiled_objective(self.objective, self.train_model) if compile else self.objective
+        # the main forward and loss in one compiled graph (cross-entropy); None: the objective as it is
+        self._compiled_objective = compiled_objective(self.objective, self.train_model) if compile else None
         # progress
         self.epoch = 0  # finished epochs
         self.batch_in_epoch = 0  # finished batches of the current epoch
@@ -237,13 +237,15 @@ class Trainer:
         ctx = StepContext(self.train_model, x, y, result, self.epoch, self.step, self.generator, self.autocast,
                           optimizer=self.optimizer, threat=attack.threat)
 
+        objective = self._step_objective()
+
         def loss_fn(per_example: bool = False) -> Tensor:
-            out = self._step_objective(ctx)
+            out = objective(ctx)
             return out["per_example"] if per_example else out["loss"]
 
         wp = self.weight_perturbation.applied(ctx, loss_fn) if self.weight_perturbation else contextlib.nullcontext()
         with wp:
-            out = self._step_objective(ctx)
+            out = objective(ctx)
             loss = self._weighted(ctx, out)
             logs: dict[str, float] = {"loss_main": loss.item()}
             term_outs = []
@@ -281,6 +283,12 @@ class Trainer:
                      "momentum": momentum,
                      "images_per_s": synced.examples / dt})
         return logs
+
+    def _step_objective(self) -> Any:
+        """The objective this step calls: its compiled form (``compile``), unless ``self.objective`` was replaced
+        since the Trainer was built."""
+        c = self._compiled_objective
+        return c if c is not None and getattr(c, "objective", c) is self.objective else self.objective
 
     def _select(self, x: Tensor, y: Tensor, indices: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
         """The batch the procedures make of it before the attack: each procedure in order selects
