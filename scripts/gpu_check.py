@@ -28,7 +28,7 @@ interpreter, a one-epoch run on 64 CIFAR-10 images or the digits data when CIFAR
 ``tests/test_gpu_check.py`` runs it. Its report is ``results/gpu/cpu-dry-run.md`` unless ``--out-dir`` says.
 
 Running it on a lent GPU (the device tool: 64 MiB travel per call, no internet there):
-    scripts/gpu_check.sh --prepare      # here: wheels of torchattacks (+ pyautoattack) into .whl/, CIFAR-10 as
+    scripts/gpu_check.sh --prepare      # here: wheels of torchattacks and pyautoattack into .whl/, CIFAR-10 as
                                         # three lossless parts of about 41 MiB into .gpu_data/cifar10/part{1,2,3}
     # device calls on one warm machine: parts 1 and 2 ride along on their own calls (they stay there, ignored),
     # the third call carries part 3 and the wheels and runs the check:
@@ -210,7 +210,7 @@ try:
     import triton; print(f"- triton {triton.__version__}")
 except ImportError as e:
     print(f"- triton missing ({e})")
-for mod in ("torchattacks", "autoattack"):
+for mod in ("torchattacks", "pyautoattack"):
     try:
         m = __import__(mod); print(f"- {mod} {getattr(m, '__version__', 'installed')}")
     except ImportError:

@@ -9,10 +9,13 @@ PY=${PYTHON:-python3}
 if [[ "${1:-}" == "--prepare" ]]; then
     shift
     # .whl/ and .gpu_data/ are git-ignored: they travel to the device only when a call's carry names them
-    # torchattacks (the PGD baseline and the default AutoAttack backend) is not on the device machine's image
-    "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl "torchattacks==3.5.1" \
-        || echo "gpu_check --prepare: could not download the torchattacks wheel" >&2
+    # torchattacks (the PGD baseline, the default AutoAttack backend) and pyautoattack (the official AutoAttack, a
+    # dependency) are not on the device machine's image; both are pure-Python wheels
+    for pkg in "torchattacks==3.5.1" "pyautoattack==0.2.0"; do
+        "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+            --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl "$pkg" \
+            || echo "gpu_check --prepare: could not download the $pkg wheel" >&2
+    done
     exec "$PY" scripts/gpu_check.py --prepare "$@"
 fi
 if compgen -G ".whl/*.whl" > /dev/null; then  # carried wheels (device machine: nothing can be fetched there)
