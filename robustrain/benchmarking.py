@@ -8,6 +8,8 @@ Public API:
   CPU other processes use), :func:`git_commit` (:func:`robustrain.provenance.git_commit`).
 * batches and models: :func:`load_batch` (random or CIFAR-10 images), :class:`OneBatch` (the loader a Trainer
   needs when only ``train_step`` is called), :func:`sgd`.
+* hand-written baselines: :func:`handwritten_fgsm_step` (Wong et al.'s FGSM-RS loop), :func:`handwritten_pgd_step`
+  (a Madry-style PGD-AT loop), :data:`FGSM_STEP`, :data:`PGD_STEP`.
 * timing: :func:`sync`, :func:`run_interleaved` (contenders interleaved in every repeat, the order rotating),
   :func:`summarise` (per-contender medians and paired ratios baseline / contender), :func:`paired_ratio_rows`
   (contender / base).
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 
 from .provenance import git_commit as _git_commit
 from .provenance import package_version
@@ -145,6 +148,59 @@ def sgd(model: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 
 
+# -- hand-written baselines -------------------------------------------------------------------------
+PGD_STEP = 2 / 255
+FGSM_STEP = 10 / 255  # Wong et al.: alpha = 1.25 eps, robustrain's FGSM-RS default
+
+
+def clamp(X: torch.Tensor, lower_limit: torch.Tensor, upper_limit: torch.Tensor) -> torch.Tensor:
+    return torch.max(torch.min(X, upper_limit), lower_limit)
+
+
+def handwritten_fgsm_step(model: torch.nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, y: torch.Tensor,
+                          epsilon: float = EPS, alpha: float = FGSM_STEP) -> float:
+    """One step of locuslab/fast_adversarial CIFAR10/train_fgsm.py (no AMP; the model normalises inside)."""
+    lower_limit, upper_limit = torch.zeros_like(X), torch.ones_like(X)
+    delta = torch.zeros_like(X).uniform_(-epsilon, epsilon)
+    delta.data = clamp(delta, lower_limit - X, upper_limit - X)
+    delta.requires_grad = True
+    output = model(X + delta)
+    loss = F.cross_entropy(output, y)
+    loss.backward()  # weight gradients too: the reference code pays for them and zeroes them below
+    grad = delta.grad.detach()
+    delta.data = torch.clamp(delta + alpha * torch.sign(grad), -epsilon, epsilon)
+    delta.data = clamp(delta, lower_limit - X, upper_limit - X)
+    delta = delta.detach()
+    output = model(X + delta)
+    loss = F.cross_entropy(output, y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+def handwritten_pgd_step(model: torch.nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, y: torch.Tensor,
+                         steps: int = 10, epsilon: float = EPS, alpha: float = PGD_STEP) -> float:
+    """One PGD-AT step as the usual research loop writes it: random start, ``steps`` signed-gradient steps, each a
+    full ``loss.backward()`` (weight gradients too), then the training forward/backward and the SGD step."""
+    delta = torch.zeros_like(X).uniform_(-epsilon, epsilon)
+    delta.data = clamp(delta, -X, 1 - X)
+    delta.requires_grad = True
+    for _ in range(steps):
+        loss = F.cross_entropy(model(X + delta), y)
+        loss.backward()
+        grad = delta.grad.detach()
+        delta.data = clamp(delta + alpha * torch.sign(grad), -epsilon * torch.ones_like(X), epsilon * torch.ones_like(X))
+        delta.data = clamp(delta, -X, 1 - X)
+        delta.grad.zero_()
+    delta = delta.detach()
+    loss = F.cross_entropy(model(X + delta), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
 # -- timing ------------------------------------------------------------------------------------------
 def sync(device: str | torch.device) -> None:
     """Wait for the device's queued work (CUDA); nothing on CPU."""
@@ -259,7 +315,8 @@ def write_report(args: argparse.Namespace, lines: list[str], times: Any, rows: l
 
 
 __all__ = [
-    "CIFAR10_MEAN", "CIFAR10_STD", "CpuMeter", "EPS", "OneBatch", "cpu_model", "environment", "git_commit",
+    "CIFAR10_MEAN", "CIFAR10_STD", "CpuMeter", "EPS", "FGSM_STEP", "OneBatch", "PGD_STEP", "clamp",
+    "handwritten_fgsm_step", "handwritten_pgd_step", "cpu_model", "environment", "git_commit",
     "load_avg", "load_batch", "machine", "paired_ratio_rows", "ratio_rows", "run_interleaved", "sgd",
     "step_benchmark_parser", "summarise", "sync", "write_report",
 ]

@@ -41,14 +41,12 @@ import torch
 import torch.nn.functional as F
 
 from robustrain.attacks import PGD
-from robustrain.benchmarking import (CIFAR10_MEAN, CIFAR10_STD, EPS, OneBatch, environment, load_avg, load_batch,
-                                     run_interleaved, sgd, summarise)
+from robustrain.benchmarking import (CIFAR10_MEAN, CIFAR10_STD, EPS, FGSM_STEP, PGD_STEP, OneBatch, environment,
+                                     handwritten_fgsm_step, load_avg, load_batch, run_interleaved, sgd, summarise)
 from robustrain.models import create_model
 from robustrain.threat import make_threat
 from robustrain.training import FGSMTrainer, LRSchedule
 
-PGD_STEP = 2 / 255
-FGSM_STEP = 10 / 255  # Wong et al.: alpha = 1.25 eps, robustrain's FGSM-RS default
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -128,32 +126,6 @@ def pgd_contenders(args: argparse.Namespace, model: torch.nn.Module, x: torch.Te
         comp_best = PGD(threat, steps=args.steps, step=PGD_STEP, compile=True)
         out["robustrain PGD keep_best=True compile=True"] = lambda: comp_best(model, x, y, generator=gen)
     return out
-
-
-def clamp(X: torch.Tensor, lower_limit: torch.Tensor, upper_limit: torch.Tensor) -> torch.Tensor:
-    return torch.max(torch.min(X, upper_limit), lower_limit)
-
-
-def handwritten_fgsm_step(model: torch.nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, y: torch.Tensor,
-                          epsilon: float = EPS, alpha: float = FGSM_STEP) -> float:
-    """One step of locuslab/fast_adversarial CIFAR10/train_fgsm.py (no AMP; the model normalises inside)."""
-    lower_limit, upper_limit = torch.zeros_like(X), torch.ones_like(X)
-    delta = torch.zeros_like(X).uniform_(-epsilon, epsilon)
-    delta.data = clamp(delta, lower_limit - X, upper_limit - X)
-    delta.requires_grad = True
-    output = model(X + delta)
-    loss = F.cross_entropy(output, y)
-    loss.backward()  # weight gradients too: the reference code pays for them and zeroes them below
-    grad = delta.grad.detach()
-    delta.data = torch.clamp(delta + alpha * torch.sign(grad), -epsilon, epsilon)
-    delta.data = clamp(delta, lower_limit - X, upper_limit - X)
-    delta = delta.detach()
-    output = model(X + delta)
-    loss = F.cross_entropy(output, y)
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    return loss.item()
 
 
 def train_contenders(args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor,

@@ -6,7 +6,7 @@ in one process, every contender once per repeat with the order rotating (load fr
 alike); the timing helpers are those of :mod:`robustrain.benchmarking`:
 
 1. FGSM-RS (ε 8/255, step 10/255): the hand-written step of locuslab/fast_adversarial's ``train_fgsm.py``
-   (``scripts/bench_attack.py``'s ``handwritten_fgsm_step``: the attack's ``loss.backward()`` computes weight
+   (``robustrain.benchmarking.handwritten_fgsm_step``, as in ``scripts/bench_attack.py``: the attack's ``loss.backward()`` computes weight
    gradients too) on the eager model and on ``torch.compile(model)``, against ``FGSMTrainer.train_step`` eager and
    compiled (``compile=True``: the training step, forward + loss + backward, and the attack's ``compile``).
 2. PGD-10 AT (ε 8/255, step 2/255, one random start): a hand-written Madry-style step in the style of
@@ -31,40 +31,15 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_attack import FGSM_STEP, PGD_STEP, clamp, handwritten_fgsm_step  # noqa: E402  (the same baseline)
-
-from robustrain.benchmarking import (CIFAR10_MEAN, CIFAR10_STD, EPS, OneBatch, environment, load_avg,  # noqa: E402
-                                     load_batch, run_interleaved, sgd, step_benchmark_parser, write_report)
-from robustrain.models import create_model  # noqa: E402
-from robustrain.threat import make_threat  # noqa: E402
-from robustrain.training import FGSMTrainer, LRSchedule, PGDTrainer  # noqa: E402
+from robustrain.benchmarking import (CIFAR10_MEAN, CIFAR10_STD, EPS, FGSM_STEP, PGD_STEP, OneBatch, environment,
+                                     handwritten_fgsm_step, handwritten_pgd_step, load_avg, load_batch,
+                                     run_interleaved, sgd, step_benchmark_parser, write_report)
+from robustrain.models import create_model
+from robustrain.threat import make_threat
+from robustrain.training import FGSMTrainer, LRSchedule, PGDTrainer
 
 TARGETS = {"fgsm_rs": {"robustrain eager": 1.25, "robustrain compiled": 1.5}, "pgd10": {"robustrain compiled": 2.0}}
-
-
-def handwritten_pgd_step(model: torch.nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, y: torch.Tensor,
-                         steps: int = 10, epsilon: float = EPS, alpha: float = PGD_STEP) -> float:
-    """One PGD-AT step as the usual research loop writes it: random start, ``steps`` signed-gradient steps, each a
-    full ``loss.backward()`` (weight gradients too), then the training forward/backward and the SGD step."""
-    delta = torch.zeros_like(X).uniform_(-epsilon, epsilon)
-    delta.data = clamp(delta, -X, 1 - X)
-    delta.requires_grad = True
-    for _ in range(steps):
-        loss = F.cross_entropy(model(X + delta), y)
-        loss.backward()
-        grad = delta.grad.detach()
-        delta.data = clamp(delta + alpha * torch.sign(grad), -epsilon * torch.ones_like(X), epsilon * torch.ones_like(X))
-        delta.data = clamp(delta, -X, 1 - X)
-        delta.grad.zero_()
-    delta = delta.detach()
-    loss = F.cross_entropy(model(X + delta), y)
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    return loss.item()
 
 
 def contenders(args, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
