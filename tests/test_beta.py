@@ -89,7 +89,7 @@ def test_beta_equals_the_transcribed_algorithm(trained_digits_model, digits):
 
 
 def test_a_positive_margin_is_a_misclassification_and_beta_beats_pgd(trained_digits_model, digits):
-    x, y = digits_batch(digits[1], 300)
+    x, y = digits_batch(digits[1], 150)
     model = trained_digits_model.eval()
     threat = make_threat("linf", 0.1)
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
