@@ -62,9 +62,9 @@ def markdown(runs: dict[str, Run], title: str, command: str) -> str:
             f"| {name} | {describe(run.config)} | {pct(clean[-1] if clean else None)} | "
             f"{pct(pgd[-1] if pgd else None)} | "
             + (f"{pct(pgd[best_ep])} ({int(epochs[best_ep])})" if best_ep is not None else "–") + " | "
-            + (f"{last['clean_acc']:.1f} | {last[pgd_key]:.1f}" if last and pgd_key else "– | –") + " | "
-            + (f"{fgsm['fgsm_acc']:.1f}" if fgsm else "–") + " | "
-            + (f"{best[pgd_key]:.1f}" if best and pgd_key else "–") + " | "
+            + (f"{pct(last['clean_acc'])} | {pct(last[pgd_key])}" if last and pgd_key else "– | –") + " | "
+            + (f"{pct(fgsm['fgsm_acc'])}" if fgsm else "–") + " | "
+            + (f"{pct(best[pgd_key])}" if best and pgd_key else "–") + " | "
             + f"{run.summary.get('train_seconds', '–')} |"
         )
     lines += ["", "## Per epoch: val clean / val PGD / train attack acc (%)", ""]
