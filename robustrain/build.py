@@ -22,7 +22,7 @@ import torch
 
 from .attacks.sections import build_attack_from
 from .config import Config, to_dict
-from .data import ArrayDataset, BatchLoader, first_examples, load_dataset, split_validation
+from .data import ArrayDataset, BatchLoader, StreamDataset, first_examples, make_loader, read_splits, split_validation
 from .data.loader import derive_seed
 from .distributed import current, device_for
 from .errors import ConfigError
@@ -45,10 +45,10 @@ AMP = {None: None, "bf16": torch.bfloat16}
 
 @dataclass
 class Data:
-    train: BatchLoader
+    train: BatchLoader  # or a StreamLoader (data.stream)
     val: BatchLoader | None
     test: BatchLoader
-    info: ArrayDataset  # the training set (num_classes, mean, std, shape)
+    info: ArrayDataset | StreamDataset  # the training set (num_classes, mean, std, shape)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -61,8 +61,8 @@ def resolve_device(name: str) -> torch.device:
 def build_data(cfg: Config, *, need_train: bool = True) -> Data:
     d = cfg.data
     device = resolve_device(d.device)
-    full = load_dataset(d.name, d.root, "train", download=d.download)
-    test = load_dataset(d.name, d.root, "test", download=d.download)
+    full, test = read_splits(d.name, d.root, d.download, options=d.options, stream=d.stream, workers=d.workers,
+                             seed=cfg.seed)
     if d.val_size > 0:
         train, val = split_validation(full, d.val_size, seed=cfg.seed)
     else:
@@ -72,16 +72,23 @@ def build_data(cfg: Config, *, need_train: bool = True) -> Data:
             raise ConfigError(f"data.train_subset = {d.train_subset}; expected 1..{len(train)} (the training set after the validation split).")
         train = train.subset(torch.arange(d.train_subset))
     dist = current()  # distributed: each rank loads its shard of every global batch of d.batch_size
-    train_loader = BatchLoader(train, d.batch_size, shuffle=True, drop_last=False, augment=d.augment,
+    w = d.workers
+    train_loader = make_loader(train, d.batch_size, workers=w, shuffle=True, drop_last=False, augment=d.augment,
                                seed=cfg.seed, device=device, rank=dist.rank, world_size=dist.world_size)
-    val_loader = BatchLoader(val, d.eval_batch_size, shuffle=False, device=device) if val is not None else None
-    test_loader = BatchLoader(test, cfg.eval.batch_size, shuffle=False, device=device)
+    val_loader = make_loader(val, d.eval_batch_size, workers=w, shuffle=False, device=device) if val is not None \
+        else None
+    test_loader = make_loader(test, cfg.eval.batch_size, workers=w, shuffle=False, device=device)
     return Data(train_loader, val_loader, test_loader, full)
 
 
-def build_model(cfg: Config, info: ArrayDataset, device: torch.device) -> torch.nn.Module:
-    model = create_model(cfg.model.name, num_classes=info.num_classes, in_channels=info.image_shape[0],
-                         mean=info.mean, std=info.std, normalise=cfg.model.normalise,
+def build_model(cfg: Config, info: ArrayDataset | StreamDataset | dict, device: torch.device) -> torch.nn.Module:
+    """The model of ``cfg`` for data described by ``info`` (a dataset, or the :func:`model_info` of a checkpoint)."""
+    if isinstance(info, dict):
+        num_classes, in_channels, mean, std = info["num_classes"], info["image_shape"][0], info["mean"], info["std"]
+    else:
+        num_classes, in_channels, mean, std = info.num_classes, info.image_shape[0], info.mean, info.std
+    model = create_model(cfg.model.name, num_classes=num_classes, in_channels=in_channels,
+                         mean=tuple(mean), std=tuple(std), normalise=cfg.model.normalise,
                          channels_last=cfg.model.channels_last, **cfg.model.kwargs)
     if cfg.train.sync_batchnorm and current().enabled:
         if device.type != "cuda":
@@ -185,7 +192,8 @@ def build_trainer(cfg: Config, run_dir: Path, data: Data | None = None) -> tuple
                       procedures=build_procedures_from(cfg),
                       grad_clip=cfg.train.grad_clip, amp_dtype=amp,
                       eps_warmup_steps=round(cfg.train.eps_warmup_epochs * steps_per_epoch), seed=cfg.seed,
-                      config=to_dict(cfg), compile=resolve_compile(cfg.train.compile, model))
+                      config=to_dict(cfg), model_info=model_info(data.info),
+                      compile=resolve_compile(cfg.train.compile, model))
     return trainer, data
 
 
@@ -194,6 +202,12 @@ def resolve_compile(compile: bool | None, model: torch.nn.Module) -> bool:
     if compile is not None:
         return bool(compile)
     return next(model.parameters()).device.type == "cuda"
+
+
+def model_info(info: ArrayDataset | StreamDataset) -> dict[str, Any]:
+    """What rebuilding the model of a run needs besides its config (stored in its checkpoints)."""
+    return {"num_classes": info.num_classes, "image_shape": list(info.image_shape), "mean": list(info.mean),
+            "std": list(info.std), "dataset": info.name}
 
 
 def build_tracker(cfg: Config, run_dir: Path) -> WandbLogger:
@@ -207,5 +221,5 @@ def build_tracker(cfg: Config, run_dir: Path) -> WandbLogger:
 __all__ = [
     "AMP", "Data", "build_attack_from", "build_data", "build_model", "build_monitor", "build_objective_from",
     "build_optimizer", "build_procedures_from", "build_remedy_from", "build_tracker", "build_trainer",
-    "build_weight_perturbation_from", "resolve_device",
+    "build_weight_perturbation_from", "model_info", "resolve_device",
 ]

@@ -29,12 +29,22 @@ def _attack_field(**defaults: Any) -> Any:
 
 @dataclass
 class DataConfig:
-    """Dataset and loaders. ``root`` is where the files are (torchvision layouts, CIFAR-10 binary, MNIST
-    .gz); digits needs none. ``val_size`` images are held out of the training set for validation."""
+    """Dataset and loaders. ``name``: cifar10, cifar100, svhn, mnist, digits (bundled, needs no root), ``folder``
+    (ROOT/train/<class>/*, ROOT/test|val/<class>/*), ``npz`` (ROOT/train.npz, ROOT/test.npz with x, y),
+    ``tiny_imagenet``, ``imagenet``, ``torchvision:<Class>`` (any torchvision dataset class, its own layout) or a
+    name registered with ``robustrain.data.register_dataset``. ``root`` is where the files are. ``options``: the
+    reader's options (image folders: image_size, resize, channels; npz: num_classes; torchvision: the class's
+    arguments, with per-split ones under train / test). ``stream``: decode and augment per batch in ``workers``
+    DataLoader processes instead of holding the split in memory (true / false; null: stream image files whose
+    decoded training split exceeds 4 GiB). ``val_size`` images are held out of the training set for validation.
+    ``augment``: crop_flip, crop, or (streaming) random_resized_crop."""
 
     name: str = "digits"
     root: str | None = None
     download: bool = False
+    options: dict = field(default_factory=dict)
+    stream: bool | None = None
+    workers: int = 4
     val_size: int = 200
     batch_size: int = 128
     eval_batch_size: int = 500
@@ -604,17 +614,79 @@ def _origin_note(message: str, origin: dict[str, str], recipe: str) -> str:
     return " ".join(f"[{key} is set in {src}, a defaults file of {recipe}.]" for key, src in notes.items())
 
 
+#: the bundled recipes (``configs/`` of the repository: ``robustrain/recipes`` is a link to it, installed as package data)
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+
+
+def bundled_recipes() -> list[Path]:
+    """The bundled recipes: the YAML files directly in :data:`RECIPES_DIR` (not ``base/``, not ``sweeps/``)."""
+    return sorted(RECIPES_DIR.glob("*.yaml"))
+
+
+def _header_sentence(text: str, width: int) -> str:
+    """The first sentence of a recipe's header comment, cut to ``width`` characters."""
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    header = " ".join(lines)
+    end = next((i + 1 for i, ch in enumerate(header) if ch == "." and header[i + 1:i + 2] in (" ", "")), len(header))
+    sentence = header[:end].rstrip(".")
+    return sentence if len(sentence) <= width else sentence[:width - 1].rstrip() + "…"
+
+
+def recipe_summaries(width: int = 90) -> dict[str, str]:
+    """``{recipe name: one line}`` for every bundled recipe: dataset, method (attack + regularisers / weight
+    perturbation / objective), radius and epochs as the recipe resolves them, then its header's first sentence."""
+    out = {}
+    for path in bundled_recipes():
+        try:
+            data = read_recipe(path)
+        except ConfigError as e:  # pragma: no cover - every bundled recipe resolves (tests/test_recipes_resolve.py)
+            out[path.stem] = f"(does not resolve: {e})"
+            continue
+        method = [str((data.get("attack") or {}).get("name", "fgsm_rs"))]
+        method += [str(r.get("name")) for r in data.get("regularisers") or [] if isinstance(r, dict)]
+        for key in ("weight_perturbation", "objective"):
+            section = data.get(key) or {}
+            if isinstance(section, dict) and section.get("name") not in (None, "ce", *method):
+                method.append(str(section["name"]))
+        threat, train = data.get("threat") or {}, data.get("train") or {}
+        facts = (f"{(data.get('data') or {}).get('name', 'digits'):<13} {'+'.join(method):<22} "
+                 f"{threat.get('norm', 'linf')} {str(threat.get('eps', '8/255')):<7} {train.get('epochs', 15):>3} ep")
+        out[path.stem] = f"{facts}  {_header_sentence(path.read_text(), width)}"
+    return out
+
+
+def find_recipe(name: str | Path) -> Path:
+    """The recipe file ``name`` names: an existing file, else a bundled recipe by name (``cifar10_fgsm_rs``, with or
+    without ``.yaml``), so ``robustrain train -c cifar10_fgsm_rs`` works from any folder."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    stem = path.name[:-5] if path.name.endswith(".yaml") else path.name[:-4] if path.name.endswith(".yml") else path.name
+    bundled = RECIPES_DIR / f"{stem}.yaml"
+    if len(path.parts) == 1 and bundled.is_file():
+        return bundled
+    names = [p.stem for p in bundled_recipes()]
+    hint = f" The bundled recipe {stem!r} has that name: use -c {stem}." if bundled.is_file() else ""
+    near = closest(stem, names)
+    raise ConfigError(
+        f"config file {str(path)!r} does not exist and is not the name of a bundled recipe.{hint}"
+        + (f" Did you mean {near!r}?" if near and not hint else "")
+        + " `robustrain recipes` lists the bundled recipes; give one by name (e.g. quickstart_digits) or a YAML path.")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML recipe (or the defaults when ``path`` is None) with its ``defaults:`` files merged in
-    (:func:`read_recipe`), apply ``key=value`` overrides, validate. Errors about a key a defaults file set name
-    that file."""
+    """Read a YAML recipe (a file, or a bundled recipe by name: :func:`find_recipe`; the defaults when ``path`` is
+    None) with its ``defaults:`` files merged in (:func:`read_recipe`), apply ``key=value`` overrides, validate.
+    Errors about a key a defaults file set name that file."""
     data: dict = {}
     origin: dict[str, str] = {}
     recipe = ""
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist; recipes live in configs/ (e.g. configs/quickstart_digits.yaml).")
+        path = find_recipe(path)
         data, origin = _read_recipe(path, ())
         recipe = str(path)
     for item in overrides:

@@ -198,3 +198,32 @@ def _adhoc(kind: str, entries: Mapping[str, Any]) -> Registry:
     for name, entry in entries.items():
         reg.register(entry, name=name)
     return reg
+
+
+def import_callable(spec: str, where: str, example: str) -> Any:
+    """The callable ``module:attribute`` names (``attribute`` may be dotted), imported and never evaluated; the
+    current folder is importable. ``where`` names the setting in errors (``--model``, ``data.name =``), ``example``
+    is shown when ``spec`` is malformed."""
+    import sys
+    from pathlib import Path
+
+    from .errors import ConfigError
+
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"{where} {spec!r}: expected module:function, e.g. {example}.")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"{where} {spec!r}: cannot import {module_name!r} ({e}); run from the folder that holds it "
+                          "or install it.") from e
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"{where} {spec!r}: {module_name!r} has no attribute {attr!r}.")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ConfigError(f"{where} {spec!r}: {attr!r} is not callable.")
+    return obj

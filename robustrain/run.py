@@ -39,7 +39,7 @@ from .training.checkpoint import load_checkpoint
 
 #: Config keys a resume may change: they do not change the trained model (a key ending in ``.*`` covers its section).
 RESUME_MAY_CHANGE = ("name", "out_dir", "train.progress", "train.log_every", "train.checkpoint_every", "data.root",
-                     "data.download", "wandb.*", "eval.*")
+                     "data.download", "data.workers", "wandb.*", "eval.*")
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -83,7 +83,7 @@ def check_resume_config(cfg: Config, run_dir: Path) -> dict[str, tuple[Any, Any]
 
     A resume may change only the keys of :data:`RESUME_MAY_CHANGE`, which do not change the trained model:
     ``name``, ``out_dir``, ``train.progress``, ``train.log_every``, ``train.checkpoint_every``, ``data.root``,
-    ``data.download``, every ``wandb.*`` and every ``eval.*`` key (the final test evaluation), and ``train.epochs``
+    ``data.download``, ``data.workers``, every ``wandb.*`` and every ``eval.*`` key (the final test evaluation), and ``train.epochs``
     when it grows (the run is extended; the schedule is then the one of the new length). Any other difference is a
     :class:`~robustrain.errors.ConfigError` listing each key with its old and new value. Returns the allowed
     changes (recorded by :func:`prepare_run_dir` in the resume's environment file)."""

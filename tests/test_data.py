@@ -146,7 +146,8 @@ def assert_same_batches(a, b) -> None:
 
 
 def test_dataset_names() -> None:
-    assert DATASETS.names() == ("cifar10", "cifar100", "svhn", "mnist", "digits")
+    assert DATASETS.names() == ("cifar10", "cifar100", "svhn", "mnist", "digits", "folder", "imagenet", "tiny_imagenet",
+                                "npz")
 
 
 def test_unknown_dataset_lists_choices() -> None:

@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("config",),                        # validates recipes against the registries below it
     ("build",),                         # config -> data, model, attacks, Trainer
     ("run", "benchmarking"),            # run folder, fit, final evaluation; the benchmark scripts' kit
-    ("cli", "__main__"),                # the command line
+    ("cli", "__main__", "api"),         # the command line; the Python-first API (re-exported lazily by robustrain)
 ]
 MAX_UPWARD = 2
 LAYER_OF = {unit: i for i, units in enumerate(LAYERS) for unit in units}
@@ -162,3 +162,19 @@ def test_scripts_do_not_import_each_other():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
             offenders += [f"{path.name}:{node.lineno} imports {n}" for n in names if n.split(".")[0] in scripts]
     assert not offenders, "\n".join(offenders)
+
+
+def test_importing_robustrain_loads_nothing_else():
+    """The package root's lazy attributes (``__version__``, ``robustrain.train`` ...) import on first use only; the
+    package root is the one module outside the layers (it may reach the top layer, ``api``, lazily)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, robustrain; print(sorted(m for m in sys.modules if m.startswith('robustrain.') or m in "
+            "('torch', 'numpy', 'yaml')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+    code = "import robustrain as rt; print(rt.__version__, callable(rt.load_model), rt.data.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    version, is_callable, data = out.stdout.split()
+    assert version[0].isdigit() and is_callable == "True" and data == "robustrain.data"

@@ -1,4 +1,5 @@
-"""The ``robustrain`` command: ``train`` a recipe into a run folder, ``eval`` a run or checkpoint, ``report`` runs."""
+"""The ``robustrain`` command: ``train`` a recipe into a run folder, ``eval`` a run or checkpoint, ``report`` runs,
+list the bundled ``recipes``."""
 from __future__ import annotations
 
 import argparse
@@ -55,11 +56,23 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipes(args: argparse.Namespace) -> int:
+    from ..config import RECIPES_DIR, recipe_summaries
+
+    summaries = recipe_summaries()
+    width = max(map(len, summaries), default=0)
+    for name, line in summaries.items():
+        print(f"{name:<{width}}  {line}")
+    print(f"\n{len(summaries)} recipes in {RECIPES_DIR}; train one with  robustrain train -c NAME [--set key=value ...]")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="robustrain", description="Adversarial training that tells the truth about robustness.")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a recipe into a run folder")
-    t.add_argument("-c", "--config", required=True, help="YAML recipe, e.g. configs/quickstart_digits.yaml")
+    t.add_argument("-c", "--config", required=True,
+                   help="a bundled recipe by name (robustrain recipes lists them), e.g. quickstart_digits, or a YAML file")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. --set train.epochs=3 (repeatable)")
     t.add_argument("--run-dir", help="run folder (default OUT_DIR/NAME from the config)")
     t.add_argument("--resume", action="store_true", help="continue the run in the run folder from last.pt")
@@ -88,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(e)
     e.set_defaults(func=_eval)
+    rc = sub.add_parser("recipes", help="list the bundled recipes (one line each)")
+    rc.set_defaults(func=_recipes)
     r = sub.add_parser("report", help="plots and a markdown summary of run folders (no network needed)")
     r.add_argument("runs", nargs="+", help="run folders (several: compared on the same plots)")
     r.add_argument("--out", help="output folder (default RUN_DIR/report for one run)")

@@ -2,7 +2,7 @@
 
     python robustrain/cli/sweep.py method=nfgsm eps=16 seed=1 [key.sub=value ...]
 
-(the agent passes ``${args_no_hyphens}``; ``--key=value`` is accepted too). ``method`` names a CIFAR-10 recipe
+(the agent passes ``${args_no_hyphens}``; ``--key=value`` is accepted too). ``method`` names a bundled CIFAR-10 recipe
 ``configs/cifar10_<method>.yaml``; ``eps`` is the L∞ radius in pixel levels (/255). When a recipe for that radius
 exists (``cifar10_<method>_eps16.yaml``: its regulariser weights and step sizes are the paper's for that ε) it is
 used; otherwise the base recipe's radius and every step size (training attack, validation and test PGD) are
@@ -15,10 +15,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from robustrain.config import load_config, parse_number
+from robustrain.config import RECIPES_DIR, load_config, parse_number
 from robustrain.errors import ConfigError
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def parse_args(argv: list[str]) -> dict[str, str]:
@@ -34,7 +32,7 @@ def parse_args(argv: list[str]) -> dict[str, str]:
     return params
 
 
-def train_argv(argv: list[str], configs: Path = ROOT / "configs", out_dir: str = "runs/sweeps") -> list[str]:
+def train_argv(argv: list[str], configs: Path = RECIPES_DIR, out_dir: str = "runs/sweeps") -> list[str]:
     """The ``robustrain`` command line (without the program name) for one sweep run."""
     params = parse_args(argv)
     method, eps, seed = params.pop("method"), params.pop("eps"), params.pop("seed")

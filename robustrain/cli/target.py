@@ -2,8 +2,6 @@
 (RobustBench convention: inputs in [0,1], normalisation inside the model), on the first ``n_ex`` examples of a split."""
 from __future__ import annotations
 
-import importlib
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,12 +29,12 @@ class Target:
 
 
 def _examples(ds, n_ex: int | None, batch_size: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    from ..data import BatchLoader, first_examples
+    from ..data import first_examples, make_loader
 
     n = len(ds) if n_ex is None else n_ex
     if not 0 < n <= len(ds):
         raise ConfigError(f"--n-ex {n_ex}: expected 1..{len(ds)} (the size of the {ds.name} split).")
-    return first_examples(BatchLoader(ds, batch_size, shuffle=False, device=device), n)
+    return first_examples(make_loader(ds, batch_size, shuffle=False, device=device), n)
 
 
 def load_run_target(target: Path, *, checkpoint: str, split: str, data_root: str | None, device: str | None,
@@ -79,24 +77,9 @@ def load_run_target(target: Path, *, checkpoint: str, split: str, data_root: str
 
 def import_factory(spec: str):
     """The callable named by ``module:factory`` (imported, never evaluated); the current folder is importable."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"--model {spec!r}: expected module:factory, e.g. mypkg.models:build_model.")
-    if "" not in sys.path and str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ConfigError(f"--model {spec!r}: cannot import {module_name!r} ({e}); run from the folder that holds it "
-                          "or install it.") from e
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ConfigError(f"--model {spec!r}: {module_name!r} has no attribute {attr!r}.")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ConfigError(f"--model {spec!r}: {attr!r} is not callable.")
-    return obj
+    from ..registry import import_callable
+
+    return import_callable(spec, "--model", "mypkg.models:build_model")
 
 
 def load_state_dict_file(path: Path, device: torch.device) -> dict:

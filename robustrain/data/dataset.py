@@ -97,7 +97,8 @@ class ArrayDataset:
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and (population) std of uint8 N x C x H x W images scaled to [0, 1].
 
-    Computed exactly from per-channel histograms, so it needs no float copy of the images.
+    Computed exactly from per-channel histograms, so it needs no float copy of the images. A channel with one value
+    throughout (std 0) gets std 1, so that normalising by it stays defined.
     """
     values = torch.arange(256, dtype=torch.float64) / 255.0
     means, stds = [], []
@@ -107,7 +108,7 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
         mean = (hist * values).sum() / n
         var = (hist * (values - mean) ** 2).sum() / n
         means.append(float(mean))
-        stds.append(float(var.sqrt()))
+        stds.append(float(var.sqrt()) or 1.0)
     return tuple(means), tuple(stds)
 
 

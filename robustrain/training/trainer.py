@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attacks import Attack
+from ..data import as_loader
 from ..distributed import DistInfo, any_rank, barrier, current, gather_objects
 from ..errors import CheckpointError, NonFiniteLossError
 from ..evaluation import evaluate
@@ -42,9 +43,14 @@ class Trainer:
         attack: the training attack (its ``bn_mode`` follows the method's recipe).
         optimizer: a torch optimiser over ``model``'s parameters.
         schedule: learning rate per global step.
-        train_loader: a ``BatchLoader``-like object with ``iterate(epoch, start_batch)`` and ``len()``.
+        train_loader: robustrain's ``BatchLoader`` / ``StreamLoader`` (``iterate(epoch, start_batch)`` and ``len()``),
+            or any re-iterable of ``(x, y)`` batches with a ``len()``, e.g. a ``torch.utils.data.DataLoader`` (x float
+            in [0, 1] or uint8, no Normalize transform: :func:`robustrain.data.as_loader`). Exact resume needs
+            robustrain's loaders; for another iterable a mid-epoch resume skips the batches already trained on in a
+            new pass (the same ones only if the iterable repeats its order) and warns.
         epochs: number of epochs.
-        val_loader: held-out validation batches (``iterate(0)``), evaluated after each epoch.
+        val_loader: held-out validation batches (a loader or an iterable like ``train_loader``), evaluated after
+            each epoch.
         val_attack: the validation attack (eval mode), e.g. PGD-10; None validates clean accuracy only.
         extra_val_attacks: more validation attacks by name (e.g. ``{"fgsm": ...}``), reported as ``val_<name>_acc``.
         objective: the main loss (cross-entropy with optional label smoothing by default).
@@ -63,6 +69,8 @@ class Trainer:
         seed: seeds the trainer's generator (attack noise, regulariser draws); the global RNGs (dropout) are
             the caller's to seed, and are saved and restored with every checkpoint.
         config: plain-data config stored in every checkpoint.
+        model_info: what rebuilding the model needs besides the config (number of classes, input shape, mean and
+            std of the training data), stored in every checkpoint (``robustrain.load_model`` reads it).
         compile: run the training step through ``torch.compile``: every training forward and its backward
             (:class:`~.compiled.CompiledModule`), and the main forward with the loss as one graph where the objective
             allows (:class:`~.compiled.CompiledObjective`, cross-entropy). Falls back to eager, with one warning,
@@ -97,6 +105,7 @@ class Trainer:
         eps_warmup_steps: int = 0,
         seed: int = 0,
         config: dict | None = None,
+        model_info: dict | None = None,
         compile: bool = False,
         dist: DistInfo | None = None,
     ):
@@ -105,8 +114,9 @@ class Trainer:
         self.optimizer = optimizer
         # cycle_momentum: None (CyclicLR's default) is decided here, against the optimiser
         self.schedule = schedule.resolve(optimizer) if hasattr(schedule, "resolve") else schedule
-        self.train_loader = train_loader
-        self.val_loader = val_loader
+        self.device = next(model.parameters()).device
+        self.train_loader = as_loader(train_loader, self.device)  # a DataLoader or any iterable of (x, y) batches
+        self.val_loader = as_loader(val_loader, self.device)
         self.val_attack = val_attack
         self.extra_val_attacks = dict(extra_val_attacks or {})
         self.objective = objective or CrossEntropy()
@@ -120,7 +130,7 @@ class Trainer:
         self.eps_warmup_steps = int(eps_warmup_steps)
         self.seed = int(seed)
         self.config = config or {}
-        self.device = next(model.parameters()).device
+        self.model_info = dict(model_info or {})
         self.dist = dist or current()
         self.generator = torch.Generator(device=self.device).manual_seed(rank_seed(self.seed, self.dist.rank))
         self.train_model = training_module(model, self.dist, compile=compile)  # the model itself, or wrapped
@@ -426,6 +436,7 @@ class Trainer:
             "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
             **self.training_state(),
             "config": self.config,
+            **({"model_info": self.model_info} if self.model_info else {}),
         }
 
     def training_state(self) -> dict[str, Any]:
