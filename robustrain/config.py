@@ -671,10 +671,9 @@ def find_recipe(name: str | Path) -> Path:
         return bundled
     names = [p.stem for p in bundled_recipes()]
     hint = f" The bundled recipe {stem!r} has that name: use -c {stem}." if bundled.is_file() else ""
-    near = closest(stem, names)
     raise ConfigError(
         f"config file {str(path)!r} does not exist and is not the name of a bundled recipe.{hint}"
-        + (f" Did you mean {near!r}?" if near and not hint else "")
+        + ("" if hint else did_you_mean(stem, names))
         + " `robustrain recipes` lists the bundled recipes; give one by name (e.g. quickstart_digits) or a YAML path.")
 
 

@@ -198,7 +198,7 @@ def test_torchvision_mnist_layout(tmp_path: Path) -> None:
 
 
 def test_torchvision_errors(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"no class 'FakeDta'; did you mean torchvision:FakeData"):
+    with pytest.raises(ConfigError, match=r"unknown torchvision.datasets class 'FakeDta'.*Did you mean 'FakeData'"):
         load_dataset("torchvision:FakeDta", None, "train")
     with pytest.raises(DataNotFoundError, match="data.download: true"):
         load_dataset("torchvision:CIFAR10", tmp_path, "train")

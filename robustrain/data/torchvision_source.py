@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from robustrain.data.items import ImageSource
-from robustrain.errors import ConfigError, DataNotFoundError, closest
+from robustrain.errors import ConfigError, DataNotFoundError, unknown_choice
 
 PREFIX = "torchvision:"
 _SPLIT_KEYS = ("train", "test")
@@ -29,10 +29,8 @@ def dataset_class(class_name: str) -> type:
         raise ConfigError(f"data.name = {PREFIX}{class_name} needs torchvision, which cannot be imported ({e}).") from e
     names = sorted(n for n in dir(tvd) if isinstance(getattr(tvd, n), type) and n[0].isupper())
     if class_name not in names:
-        hint = closest(class_name, names)
-        raise ConfigError(f"data.name = {PREFIX}{class_name!r}: torchvision.datasets has no class {class_name!r}"
-                          + (f"; did you mean {PREFIX}{hint}?" if hint else ".")
-                          + f" Its dataset classes: {', '.join(names)}.")
+        raise unknown_choice("torchvision.datasets class", class_name, names,
+                             note=f"Name one as data.name: {PREFIX}<Class>, e.g. {PREFIX}FashionMNIST.")
     return getattr(tvd, class_name)
 
 
