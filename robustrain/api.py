@@ -82,8 +82,8 @@ def train(config: Any = None, *overrides: str, run_dir: str | Path | None = None
             ``data={"name": "folder", "root": "images"}``.
 
     Returns:
-        The run's summary (as ``summary.json``): ``test`` (one row per checkpoint: clean and robust accuracy, %),
-        ``history`` (per-epoch validation), ``train_seconds``, ..., and ``run_dir``.
+        The run's summary (as ``summary.json``): ``test`` (one row per checkpoint: clean and robust accuracy as
+        fractions), ``history`` (per-epoch validation), ``train_seconds``, ..., and ``run_dir``.
 
     Example::
 

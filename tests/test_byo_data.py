@@ -56,7 +56,7 @@ def _train(tmp_path: Path, *overrides: str) -> dict:
 def _check_trained(summary: dict, n_test: int, classes: int) -> None:
     last = next(r for r in summary["test"] if r["checkpoint"] == "last")
     assert last["n_ex"] == n_test
-    assert last["clean_acc"] > 100 / classes + 15, summary["table"]  # well above chance: training learnt the rows
+    assert last["clean_acc"] > 1 / classes + 0.15, summary["table"]  # well above chance: training learnt the rows
 
 
 # ------------------------------------------------------------------------------------------- folder
