@@ -2,6 +2,8 @@
 (RobustBench convention: inputs in [0,1], normalisation inside the model), on the first ``n_ex`` examples of a split."""
 from __future__ import annotations
 
+import importlib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
