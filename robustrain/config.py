@@ -156,7 +156,10 @@ class MonitorConfig:
     best such average by more than ``ro_margin`` or the sampling-error bound (from ``data.val_size``) for
     ``ro_patience`` epochs, watched only after the schedule's first lr decay unless ``ro_after_decay: false``. The
     bounds keep each rule's false-alarm probability per run at ``false_alarm`` (binomial noise; results/studies/monitor_cifar10_replay.md
-    measures it). ``rules``: replaces the default rules, names or {name: ..., option: value}. ``action``: warn, stop
+    measures it). ``rules``: replaces the default rules, names or {name: ..., option: value}; opt-in rules:
+    ``robust_overfitting_paired`` (the RO test on the validation images' own flags, better from ~500 images up;
+    results/studies/monitor_cifar10_replay_paired.md) and ``signal_rise`` (CO from a declared signal such as AAER's
+    abnormal rate; results/studies/monitor_signals_mnist.md). ``action``: warn, stop
     or rollback (to the last healthy check, with a ``remedy``: {kind: lr, factor: 0.5}, {kind: attack, name: nfgsm},
     {kind: regulariser, name: ...})."""
 

@@ -1,10 +1,11 @@
 """Sampling error and false-alarm calibration for the monitor's rules.
 
 Model: an accuracy measured on ``n`` images is a binomial proportion, standard error ``sqrt(p(1-p)/n)``. The
-monitor measures the *same* images at every check (and the same validation images every epoch), so the noise of a
-difference between two measurements is smaller than for independent samples (the images a model gets right change
-little between checks); treating the measurements as independent, as here, overstates the noise, so the
-false-alarm rates below are upper bounds on that count.
+monitor measures the *same* images at every check (and the same validation images every epoch), so the errors
+persist: two adjacent measurements differ by less than independent samples would, but a mean over several epochs
+averages less of the noise away. Under flags that persist as a recorded run's do, the robust-overfitting rule's
+false alarms on a flat curve stay at the stated rate (results/studies/monitor_cifar10_replay_paired.md);
+:mod:`.robust_overfitting_paired` measures the noise of the difference on the images themselves.
 
 ``calibrated_z`` is the threshold, in standard errors of the difference of two ``window``-means, at which the
 "best smoothed value minus current smoothed value" statistic of a *flat* curve exceeds it (for ``patience``
