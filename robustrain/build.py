@@ -14,6 +14,7 @@ Running a run (the run folder, fit, the final evaluation) is :mod:`robustrain.ru
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,11 +52,46 @@ class Data:
     info: ArrayDataset | StreamDataset  # the training set (num_classes, mean, std, shape)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA if available, else CPU; in a torchrun process group ``cuda`` means this rank's GPU."""
+def resolve_device(name: str, where: str = "data.device") -> torch.device:
+    """``auto``: CUDA if available, else CPU; in a torchrun process group ``cuda`` means this rank's GPU. A device
+    string torch does not know, or a CUDA / MPS device this machine does not have, is a ConfigError."""
+    from .config import check_device
+
+    check_device(name, where)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    return device_for(torch.device(name))
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index is not None and device.index >= count):
+            raise ConfigError(f"{where} = {name!r}, but this machine has {count or 'no'} CUDA device"
+                              f"{'s' if count != 1 else ''} visible to PyTorch (CUDA_VISIBLE_DEVICES="
+                              f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}). Use {where}=cpu, or auto (a GPU "
+                              "when there is one).")
+    if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError(f"{where} = {name!r}, but MPS is not available here; use cpu or auto.")
+    return device_for(device)
+
+
+def check_model_fits(model: torch.nn.Module, cfg: Config, data: ArrayDataset, device: torch.device) -> None:
+    """One forward pass (eval mode, no gradients, the model's modes restored) of two training images: a model that
+    does not take the data's images or does not give ``num_classes`` logits fails here, before anything is
+    written, not after the first step. Draws no random numbers."""
+    from .guards import eval_mode
+
+    x = data.images[:2].to(device).float() / (255 if not data.images.is_floating_point() else 1)
+    shape = tuple(x.shape[1:])
+    try:
+        with torch.no_grad(), eval_mode(model):
+            out = model(x.contiguous(memory_format=torch.channels_last) if cfg.model.channels_last else x)
+    except Exception as e:  # noqa: BLE001 - any failure of the user's architecture settings
+        raise ConfigError(
+            f"model {cfg.model.name!r} (model.kwargs = {cfg.model.kwargs!r}) cannot take {cfg.data.name}'s "
+            f"{shape} images: {type(e).__name__}: {str(e)[:300]}. Fix model.kwargs (e.g. input_size: "
+            f"{shape[-1]}) or choose a model for this dataset.") from None
+    if out.dim() != 2 or out.shape[1] != data.num_classes:
+        raise ConfigError(f"model {cfg.model.name!r} returns outputs of shape {tuple(out.shape)} for {cfg.data.name}; "
+                          f"expected (batch, {data.num_classes}) logits. Fix model.kwargs.")
 
 
 def build_data(cfg: Config, *, need_train: bool = True) -> Data:
@@ -161,6 +197,7 @@ def build_trainer(cfg: Config, run_dir: Path, data: Data | None = None) -> tuple
     device = resolve_device(cfg.data.device)
     torch.manual_seed(cfg.seed)  # model initialisation
     model = build_model(cfg, data.info, device)
+    check_model_fits(model, cfg, data.info, device)
     threat = make_threat(cfg.threat.norm, cfg.threat.eps)
     amp = AMP[cfg.train.amp]
     attack = build_attack_from(cfg.attack, threat, default_bn="train", amp_dtype=amp)
@@ -176,7 +213,8 @@ def build_trainer(cfg: Config, run_dir: Path, data: Data | None = None) -> tuple
     callbacks = [
         JSONLLogger(run_dir / "metrics.jsonl", every=cfg.train.log_every),
         *([build_monitor(cfg, data, threat)] if cfg.monitor.enabled else []),
-        Checkpointer(run_dir, monitor=cfg.validation.select_on, every_steps=cfg.train.checkpoint_every),
+        Checkpointer(run_dir, monitor=cfg.validation.select_on if data.val is not None else None,
+                     every_steps=cfg.train.checkpoint_every),  # no validation split (val_size 0): last.pt only
         ProgressBar(enabled=cfg.train.progress),
         build_tracker(cfg, run_dir),
     ]
@@ -221,5 +259,5 @@ def build_tracker(cfg: Config, run_dir: Path) -> WandbLogger:
 __all__ = [
     "AMP", "Data", "build_attack_from", "build_data", "build_model", "build_monitor", "build_objective_from",
     "build_optimizer", "build_procedures_from", "build_remedy_from", "build_tracker", "build_trainer",
-    "build_weight_perturbation_from", "model_info", "resolve_device",
+    "build_weight_perturbation_from", "check_model_fits", "model_info", "resolve_device",
 ]

@@ -8,6 +8,7 @@ with a hint about /255; the attack sections are checked against the attack's own
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -429,6 +430,7 @@ def validate(cfg: Config) -> Config:
     choice("optimiser", cfg.optim.name, OPTIMISERS, "optim.name")
     _check_schedule(cfg)
     _check_bn_updates(cfg)
+    _check_values(cfg)
     return cfg
 
 
@@ -448,6 +450,89 @@ def _check_remedy(remedy: dict, norm: str) -> None:
         check_section(REGULARISERS, rest, "monitor.remedy", norm)
     else:
         check_section(REMEDIES, remedy, "monitor.remedy", norm)
+
+
+def _range_error(key: str, value: Any, expected: str, fix: str) -> ConfigError:
+    return ConfigError(f"{key} = {value!r}; expected {expected}. {fix}")
+
+
+#: (key, test, what is expected, how to fix); the test gets the value (None only where the key allows null)
+_VALUE_RULES: list[tuple[str, Any, str, str]] = [
+    ("data.val_size", lambda v: v >= 0, "an integer >= 0 (0: no validation split, then no best.pt)",
+     "Hold out e.g. 1000 for CIFAR-10, 200 for digits."),
+    ("data.train_subset", lambda v: v is None or v >= 1, "null (all) or an integer >= 1", "Remove the key to train on all."),
+    ("eval.n_ex", lambda v: v is None or v >= 1, "null (the whole test split) or an integer >= 1",
+     "Remove the key to evaluate on the whole test split."),
+    ("eval.batch_size", lambda v: v >= 1, "an integer >= 1", "e.g. eval.batch_size=500."),
+    ("train.grad_clip", lambda v: v is None or (v > 0 and math.isfinite(v)),
+     "null (no clipping) or a finite max gradient norm > 0", "A negative norm would make training ascend the loss; "
+     "remove the key or set e.g. train.grad_clip=0.5."),
+    ("train.label_smoothing", lambda v: 0 <= v < 1, "a number in [0, 1)", "e.g. train.label_smoothing=0.1."),
+    ("train.eps_warmup_epochs", lambda v: 0 <= v and math.isfinite(v), "a number of epochs >= 0", "0 turns it off."),
+    ("train.checkpoint_every", lambda v: v >= 0, "an integer >= 0 (steps; 0: at epoch ends only)", "e.g. 500."),
+    ("train.log_every", lambda v: v >= 1, "an integer >= 1 (steps)", "e.g. train.log_every=10."),
+    ("optim.lr", lambda v: v > 0 and math.isfinite(v), "a finite learning rate > 0", "e.g. optim.lr=0.1."),
+    ("optim.momentum", lambda v: 0 <= v < 1, "a number in [0, 1)", "e.g. optim.momentum=0.9 (0: none)."),
+    ("optim.weight_decay", lambda v: v >= 0 and math.isfinite(v), "a number >= 0", "e.g. optim.weight_decay=5e-4."),
+    ("optim.betas", lambda v: len(v) == 2 and all(isinstance(b, (int, float)) and not isinstance(b, bool)
+                                                   and 0 <= b < 1 for b in v),
+     "two numbers in [0, 1) (Adam's beta1, beta2)", "e.g. optim.betas=[0.9, 0.999]."),
+    ("seed", lambda v: 0 <= v < 2 ** 63, "an integer in [0, 2**63)", "e.g. seed=0."),
+    ("monitor.n_check", lambda v: v >= 1, "an integer >= 1", "e.g. monitor.n_check=256."),
+    ("monitor.pgd_steps", lambda v: v >= 1, "an integer >= 1", "e.g. monitor.pgd_steps=10."),
+    ("monitor.every", lambda v: v is None or v >= 1, "null (once per epoch) or an integer >= 1 (steps)",
+     "Remove the key to check once per epoch."),
+    ("monitor.max_rollbacks", lambda v: v >= 0, "an integer >= 0", "e.g. monitor.max_rollbacks=2."),
+    ("monitor.ro_patience", lambda v: v >= 1, "an integer >= 1 (epochs)", "e.g. monitor.ro_patience=1."),
+    ("monitor.ro_window", lambda v: v is None or v >= 1, "null or an integer >= 1 (epochs)", "Remove the key for the default."),
+]
+
+
+def _get(cfg: Config, key: str) -> Any:
+    value: Any = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _check_values(cfg: Config) -> None:
+    """Ranges of the numbers training would otherwise accept silently (or fail on after an epoch), the run name,
+    the device string and the checkpoint selection metric."""
+    for key, ok, expected, fix in _VALUE_RULES:
+        value = _get(cfg, key)
+        if not ok(value):
+            raise _range_error(key, value, expected, fix)
+    if cfg.optim.nesterov and cfg.optim.momentum == 0:
+        raise ConfigError("optim.nesterov = true needs optim.momentum > 0 (Nesterov momentum without momentum is "
+                          "undefined); set optim.momentum=0.9 or optim.nesterov=false.")
+    name = cfg.name
+    if not name or name in (".", "..") or "/" in name or "\\" in name or name != name.strip():
+        raise ConfigError(f"name = {name!r}; expected a non-empty folder name without '/' (the run folder is "
+                          "out_dir/name). Set e.g. name=my_run.")
+    check_device(cfg.data.device, "data.device")
+    metrics = ["val_clean_acc", "val_robust_acc"] + (["val_fgsm_acc"] if cfg.validation.fgsm else [])
+    if cfg.validation.select_on not in metrics:
+        raise ConfigError(
+            f"validation.select_on = {cfg.validation.select_on!r} is not a metric validation reports; expected one "
+            f"of: {', '.join(metrics)}." + did_you_mean(cfg.validation.select_on, metrics)
+            + (" (val_fgsm_acc needs validation.fgsm: true.)" if cfg.validation.select_on == "val_fgsm_acc" else ""))
+
+
+def check_device(name: Any, where: str) -> None:
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` ...: a device string torch understands (whether the device
+    exists is checked when it is used)."""
+    import torch
+
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where} = {name!r}; expected auto, cpu, cuda or cuda:N.")
+    if name == "auto":
+        return
+    try:
+        torch.device(name)
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(f"{where} = {name!r} is not a device; expected auto, cpu, cuda or cuda:N."
+                          + did_you_mean(name, ["auto", "cpu", "cuda", "cuda:0", "mps"])
+                          + f" (torch: {str(e)[:120]})") from None
 
 
 def _check_schedule(cfg: Config) -> None:
@@ -519,9 +604,15 @@ def _chain_text(chain: tuple[Path, ...]) -> str:
 def _read_yaml_mapping(path: Path, chain: tuple[Path, ...]) -> dict:
     via = f" (defaults chain: {_chain_text(chain)})" if len(chain) > 1 else ""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {str(path)!r}{via} is not valid YAML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {str(path)!r}{via} is not a text file ({e.reason}); give a YAML recipe.") from e
+    if data is None:
+        raise ConfigError(
+            f"config file {str(path)!r}{via} is empty (no keys). Start from a recipe in configs/, e.g. "
+            "configs/quickstart_digits.yaml, or list what you change over one: defaults: [quickstart_digits.yaml].")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r}{via} must hold a mapping of keys, got {type(data).__name__}.")
     return data

@@ -34,7 +34,7 @@ from .tables import UNITS, format_radius, format_table, pct
 from .threat import make_threat
 from .tracking import WandbLogger
 from .training import Trainer
-from .training.checkpoint import load_checkpoint
+from .training.checkpoint import check_resumable, load_checkpoint
 
 
 #: Config keys a resume may change: they do not change the trained model (a key ending in ``.*`` covers its section).
@@ -90,7 +90,9 @@ def check_resume_config(cfg: Config, run_dir: Path) -> dict[str, tuple[Any, Any]
     ckpt_path = run_dir / "last.pt"
     if not ckpt_path.exists():
         raise ConfigError(f"--resume: {str(ckpt_path)!r} does not exist; nothing to resume in {str(run_dir)!r}.")
-    stored = load_checkpoint(ckpt_path, map_location="cpu").get("config") or {}
+    ckpt = load_checkpoint(ckpt_path, map_location="cpu")
+    check_resumable(ckpt, ckpt_path)  # a weights-only or optimiser-less file fails here, before any write
+    stored = ckpt.get("config") or {}
     if not stored:
         return {}  # a checkpoint written without its config: nothing to compare with
     changes = config_changes(stored, cfg)
@@ -174,7 +176,8 @@ def final_evaluation(cfg: Config, run_dir: Path, trainer: Trainer, data: Data, t
     summary = {
         "name": cfg.name, "dataset": cfg.data.name, "model": cfg.model.name, "attack": cfg.attack["name"],
         "threat": {"norm": cfg.threat.norm, "eps": cfg.threat.eps, "eps_label": format_radius(cfg.threat.eps)}, "eval_attack": {**cfg.eval.attack, "step": attack.step if hasattr(attack, "step") else None},
-        "selection": f"best.pt maximises {cfg.validation.select_on} on the held-out validation split",
+        "selection": (f"best.pt maximises {cfg.validation.select_on} on the held-out validation split"
+                      if data.val is not None else "no validation split (data.val_size: 0): no best.pt, last.pt only"),
         "units": UNITS, "test": rows, "train_seconds": round(train_seconds, 1), "history": trainer.history,
         "git_commit": git_commit(), "world_size": current().world_size,
     }

@@ -255,8 +255,8 @@ NORMS = tuple(THREAT_MODELS)
 
 def check_radius(value: float, where: str, norm: str) -> None:
     """Raise for a negative radius, and for an L∞ radius above 1 (pixel levels written without /255)."""
-    if value < 0:
-        raise ConfigError(f"{where} must be >= 0, got {value}.")
+    if not value >= 0 or value == float("inf"):  # NaN fails the comparison
+        raise ConfigError(f"{where} must be a finite number >= 0, got {value}.")
     if norm == "linf" and value > 1:
         raise ConfigError(
             f"{where} = {value:g} is larger than the whole [0,1] pixel range; robustrain works on images in "

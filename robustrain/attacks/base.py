@@ -154,11 +154,15 @@ def check_inputs(x: Tensor, y: Tensor) -> None:
             f"expected images of shape (B, ...) and labels of shape (B,), got {tuple(x.shape)} and "
             f"{tuple(y.shape)}."
         )
+    if x.numel() == 0:
+        raise ValueError(f"expected at least one image, got an empty batch of shape {tuple(x.shape)}.")
     lo, hi = torch.aminmax(x.detach())
-    if lo.item() < 0.0 or hi.item() > 1.0:
+    if not (lo.item() >= 0.0 and hi.item() <= 1.0):  # NaN fails both comparisons
+        n_bad = int((~torch.isfinite(x.detach())).sum())
         raise ValueError(
             f"attack inputs must lie in [0,1] (normalisation belongs inside the model), got values in "
-            f"[{lo.item():.4g}, {hi.item():.4g}]."
+            f"[{lo.item():.4g}, {hi.item():.4g}]" + (f" with {n_bad} non-finite (NaN or inf) values; find where the "
+                                                     "images were computed" if n_bad else "") + "."
         )
 
 

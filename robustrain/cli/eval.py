@@ -12,9 +12,12 @@ from ..evaluation.backends import BACKENDS
 from ..evaluation.autoattack import COMPONENTS
 from ..evaluation.pipeline import AUTOATTACK_NAMES, DEFAULT_PGD, EvalPlan, evaluate_robustness
 from ..evaluation.report import write_report
+from ..evaluation.sanity import untrustworthy
 from ..runlock import folder_lock
 
 DEFAULT_ATTACKS = "pgd,autoattack"
+#: Exit status of ``robustrain eval`` when a sanity check fails (an error, or a sign of gradient masking)
+UNTRUSTWORTHY_EXIT = 3
 
 
 def add_arguments(e: argparse.ArgumentParser) -> None:
@@ -37,6 +40,28 @@ def add_arguments(e: argparse.ArgumentParser) -> None:
                                                              "anything else is reported as non-standard)")
     e.add_argument("--square-queries", type=int, default=5000, help="Square queries (5000 is the standard)")
     e.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+
+
+#: (option, smallest allowed value, example) of the integer options of ``robustrain eval``
+_MINIMA = (("n_ex", 1, "--n-ex 1000"), ("batch_size", 1, "--batch-size 500"), ("steps", 1, "--steps 50"),
+           ("restarts", 1, "--restarts 10"), ("aa_steps", 1, "--aa-steps 100"),
+           ("square_queries", 1, "--square-queries 5000"), ("seed", 0, "--seed 0"))
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """The options' ranges and the device string, before anything is loaded (a 0 never silently means 'default')."""
+    from ..config import check_device
+
+    for name, low, example in _MINIMA:
+        value = getattr(args, name, None)
+        if value is not None and value < low:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} {value}: expected an integer >= {low}, e.g. {example}"
+                              + (" (leave it out for the default)." if name != "seed" else "."))
+    if args.device is not None:
+        check_device(args.device, "--device")
+    if args.attack is not None and not any(a.strip() for a in args.attack.split(",")):
+        raise ConfigError(f"--attack {args.attack!r}: expected comma-separated attack names, e.g. pgd,autoattack.")
 
 
 def _sections(args: argparse.Namespace, known: dict[str, dict], names: list[str], norm: str) -> dict[str, dict]:
@@ -69,6 +94,7 @@ def eval_command(args: argparse.Namespace) -> int:
     that of one process) and rank 0 alone writes and prints."""
     from ..distributed import init_from_env, teardown
 
+    check_arguments(args)  # before anything is loaded or joined
     dist = init_from_env(args.device or "auto")  # under torchrun: join the process group (NCCL on GPUs, else gloo)
     try:
         return _evaluate(args, dist.is_main)
@@ -144,8 +170,13 @@ def _evaluate_and_write(args: argparse.Namespace, target, plan: EvalPlan, out_di
                                     model_info=target.model_info, data_info=target.data_info, out_dir=out_dir,
                                     progress=not args.no_progress)
     if not is_main:
-        return 3 if report["sanity"]["n_errors"] else 0
+        return UNTRUSTWORTHY_EXIT if untrustworthy(report["sanity"]["checks"]) else 0
     json_path, md_path = write_report(report, out_dir)
+    failed = untrustworthy(report["sanity"]["checks"])
+    headline = (f"NOT TRUSTWORTHY: {len(failed)} sanity check(s) failed ({', '.join(c['name'] for c in failed)}); "
+                "the robust accuracy below is likely an overestimate (see report.md)." if failed else "")
+    if headline:
+        print(headline)
     rows = [{"stage": s["name"], "attacked": s["n_attacked"], "robust_acc (%)": pct(s["robust_acc"]),
              "seconds": f"{s['seconds']:.1f}"} for s in report["stages"]]
     print(f"{report['threat']['norm']}, eps = {radius_label(report['threat']['eps'])}; {report['n_ex']} examples")
@@ -160,11 +191,11 @@ def _evaluate_and_write(args: argparse.Namespace, target, plan: EvalPlan, out_di
         written.append(_write_run_summary(report, target, args, out_dir / "eval.json" if to_dir else
                                           Path(args.out) if legacy_json else None, json_path, attach=not to_dir))
     print("written: " + ", ".join(map(str, written)))
-    s = report["sanity"]
-    if s["n_errors"]:
-        print(f"robustrain: {s['n_errors']} sanity check(s) failed (see report.md); the number above is not "
-              "trustworthy.", file=sys.stderr)
-        return 3
+    if failed:
+        print(headline.replace("below", "above"), file=sys.stderr)
+        for c in failed:
+            print(f"  [{c['level']}] {c['name']}: {c['message']}", file=sys.stderr)
+        return UNTRUSTWORTHY_EXIT
     return 0
 
 

@@ -56,14 +56,22 @@ def load_run_target(target: Path, *, checkpoint: str, split: str, data_root: str
     if data_root is not None:
         cfg.data.root = data_root
     cfg.data.device = device or cfg.data.device
+    if eps is not None:
+        from ..threat import check_radius
+
+        check_radius(eps, "--eps", norm or cfg.threat.norm)
     if eps is not None or norm is not None:
         cfg.threat.norm = norm or cfg.threat.norm
         cfg.threat.eps = cfg.threat.eps if eps is None else eps
         validate(cfg)
-    dev = resolve_device(cfg.data.device)
+    dev = resolve_device(cfg.data.device, "--device" if device else "data.device")
     data = build_data(cfg)
     model = build_model(cfg, data.info, dev)
-    model.load_state_dict(ckpt.get("eval_model", ckpt["model"]))  # weight averaging: the averaged weights
+    try:
+        model.load_state_dict(ckpt.get("eval_model", ckpt["model"]))  # weight averaging: the averaged weights
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {str(path)!r} does not fit the model its own config describes "
+                              f"({str(e)[:300]}); the file was edited or written by another robustrain version.") from e
     model.eval()
     if split == "val" and data.val is None:
         raise RobustrainError("this run has no validation split (data.val_size: 0); use --split test.")
@@ -81,7 +89,22 @@ def import_factory(spec: str):
     """The callable named by ``module:factory`` (imported, never evaluated); the current folder is importable."""
     from ..registry import import_callable
 
-    return import_callable(spec, "--model", "mypkg.models:build_model")
+    try:
+        return import_callable(spec, "--model", "mypkg.models:build_model")
+    except RobustrainError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's module failed while it was imported
+        raise ConfigError(f"--model {spec!r}: importing {spec.partition(':')[0]!r} raised {_where(e)}; fix the "
+                          "module.") from e
+
+
+def _where(e: BaseException) -> str:
+    """``TypeError: message (at file.py:12 in build)``: the exception and the innermost frame it came from."""
+    import traceback
+
+    frames = traceback.extract_tb(e.__traceback__)
+    at = f" (at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
+    return f"{type(e).__name__}: {str(e)[:300]}{at}"
 
 
 def load_state_dict_file(path: Path, device: torch.device) -> dict:
@@ -110,8 +133,13 @@ def load_factory_target(spec: str, weights: str | None, *, dataset: str, split: 
 
     if split != "test":
         raise ConfigError("--split val needs a robustrain run (its validation split); use --split test with --model.")
-    dev = resolve_device(device or "auto")
-    model = import_factory(spec)()
+    dev = resolve_device(device or "auto", "--device")
+    factory = import_factory(spec)
+    try:
+        model = factory()
+    except Exception as e:  # noqa: BLE001 - the user's factory failed
+        raise ConfigError(f"--model {spec!r}: calling {spec.partition(':')[2]}() raised {_where(e)}. The factory is "
+                          "called without arguments; fix it or wrap it in one that takes none.") from e
     if not isinstance(model, nn.Module):
         raise ConfigError(f"--model {spec!r} returned {type(model).__name__}, expected a torch.nn.Module.")
     info: dict[str, Any] = {"source": "module:factory", "name": spec}
@@ -137,8 +165,12 @@ def _on_test_split(model: nn.Module, spec: str, info: dict[str, Any], *, dataset
     x, y = _examples(ds, n_ex, batch_size, dev)
     from ..guards import eval_mode
 
-    with torch.no_grad(), eval_mode(model):  # a model left in train mode must not update its BatchNorm here
-        out = model(x[:2])
+    try:
+        with torch.no_grad(), eval_mode(model):  # a model left in train mode must not update its BatchNorm here
+            out = model(x[:2])
+    except Exception as e:  # noqa: BLE001 - the user's forward failed
+        raise ConfigError(f"--model {spec!r} fails on {dataset} images of shape {tuple(x.shape[1:])} in [0,1]: "
+                          f"{_where(e)}. Is it a model for {dataset}?") from e
     if out.dim() != 2 or out.shape[1] != ds.num_classes:
         raise ConfigError(f"--model {spec!r} returns outputs of shape {tuple(out.shape)} for {dataset}; expected "
                           f"(batch, {ds.num_classes}) logits.")

@@ -1,6 +1,7 @@
 """CIFAR-10 and CIFAR-100 readers: torchvision's python-pickle layout and the official binary layout."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,6 +18,7 @@ CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
 _PIXELS = 3 * 32 * 32
+CIFAR10_RECORDS_PER_FILE = 10_000  # data_batch_1..5 and test_batch
 
 
 def _cifar10_layouts(root: Path, train: bool) -> list[Layout]:
@@ -60,9 +62,18 @@ def read_cifar10(root: Path, train: bool) -> ArrayDataset:
     )
     paths = found.paths()
     if found.folder.name.endswith("-bin"):
-        images, labels = _concat([_read_binary(p, label_bytes=1, label_index=0) for p in paths])
+        parts = [_read_binary(p, label_bytes=1, label_index=0) for p in paths]
     else:
-        images, labels = _concat([_read_pickle(p, "labels") for p in paths])
+        parts = [_read_pickle(p, "labels") for p in paths]
+    for path, (images, _) in zip(paths, parts):
+        if images.shape[0] != CIFAR10_RECORDS_PER_FILE:  # every official file holds 10,000 images
+            # a warning, not an error: tests and demos use small files in the official layout
+            warnings.warn(f"{path} holds {images.shape[0]} images ({path.stat().st_size} bytes); the official CIFAR-10 "
+                          f"{path.name} holds {CIFAR10_RECORDS_PER_FILE}"
+                          + (f" ({CIFAR10_RECORDS_PER_FILE * (1 + _PIXELS)} bytes)" if path.suffix == ".bin" else "")
+                          + ": a cut or partial copy; results on it are not comparable with published CIFAR-10 "
+                          "numbers. Get the full file again if this is not intended.", RuntimeWarning, stacklevel=3)
+    images, labels = _concat(parts)
     return _dataset(images, labels, 10, CIFAR10_MEAN, CIFAR10_STD, "cifar10", paths)
 
 
@@ -88,7 +99,8 @@ def _read_binary(path: Path, label_bytes: int, label_index: int) -> tuple[np.nda
     raw = np.fromfile(path, dtype=np.uint8)
     record = label_bytes + _PIXELS
     if raw.size == 0 or raw.size % record:
-        raise corrupt(path, f"size {raw.size} bytes is not a positive multiple of the {record}-byte record")
+        raise corrupt(path, f"size {raw.size} bytes is not a positive multiple of the {record}-byte record "
+                            f"({label_bytes} label byte{'s' if label_bytes > 1 else ''} + {_PIXELS} pixels)")
     rows = raw.reshape(-1, record)
     return rows[:, label_bytes:].reshape(-1, 3, 32, 32), rows[:, label_index]
 

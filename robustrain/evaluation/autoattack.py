@@ -32,7 +32,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, unknown_choice
+from ..errors import ConfigError, RobustrainError, unknown_choice
 from ..registry import choice
 from ..threat import ThreatModel
 from .state import EvalState, flags_to_str, str_to_flags
@@ -159,6 +159,18 @@ def _progress(stage: Stage, total: int, enabled: bool):
                 leave=True, dynamic_ncols=True)
 
 
+def _check_restored(rec: StageRecord, candidates: Tensor, state: EvalState) -> None:
+    """A stage restored from a state file attacked exactly the points its ``after`` stage left robust and found
+    robust only points it attacked; anything else is an edited or foreign file."""
+    ok = (rec.attacked.shape == candidates.shape and rec.robust.shape == candidates.shape
+          and bool((rec.attacked == candidates).all()) and not bool((rec.robust & ~rec.attacked).any()))
+    if not ok:
+        raise RobustrainError(
+            f"evaluation state {str(state.path)!r}: stage {rec.name!r} is inconsistent with the stages before it (it "
+            "counts points it never attacked, or attacked other points than those left robust); the file was edited "
+            "or damaged. Delete it to run the evaluation afresh.")
+
+
 def run_cascade(model: nn.Module, x: Tensor, y: Tensor, stages: list[Stage], threat: ThreatModel, *,
                 batch_size: int, state: EvalState | None = None, progress: bool = False,
                 distributed: bool | None = None) -> CascadeResult:
@@ -197,6 +209,7 @@ def run_cascade(model: nn.Module, x: Tensor, y: Tensor, stages: list[Stage], thr
         candidates = torch.ones(n, dtype=torch.bool) if stage.after is None else records[stage.after].robust.clone()
         if stage.name in state.stages:
             rec = StageRecord.from_state(stage, state.stages[stage.name])
+            _check_restored(rec, candidates, state)
         else:
             rec = StageRecord(stage.name, stage.group, stage.after, stage.settings, candidates, candidates.clone())
         records[stage.name] = rec

@@ -106,6 +106,25 @@ def build_stages(plan: EvalPlan, num_classes: int) -> tuple[list[Stage], Any]:
     return stages, backend
 
 
+def _check_examples(x: Tensor, y: Tensor, num_classes: int) -> None:
+    """Images in [0,1] (finite), one integer label in [0, num_classes) each, at least one example."""
+    from ..attacks.base import check_inputs
+
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise ConfigError(f"expected tensors x (images) and y (labels), got {type(x).__name__} and {type(y).__name__}.")
+    if y.shape[:1] == (0,):
+        raise ConfigError("no examples to evaluate (x and y are empty); pass at least one image.")
+    try:
+        check_inputs(x, y)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"evaluation inputs: {e}") from None
+    if y.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.bool):
+        raise ConfigError(f"labels must be integer class indices, got dtype {y.dtype}; pass y.long().")
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= num_classes:
+        raise ConfigError(f"labels must lie in [0, {num_classes}) (num_classes={num_classes}), got {lo}..{hi}.")
+
+
 def evaluate_robustness(model: nn.Module, x: Tensor, y: Tensor, plan: EvalPlan, *, num_classes: int,
                         model_info: dict | None = None, data_info: dict | None = None, out_dir: Path | None = None,
                         progress: bool = False) -> tuple[dict[str, Any], CascadeResult]:
@@ -119,6 +138,7 @@ def evaluate_robustness(model: nn.Module, x: Tensor, y: Tensor, plan: EvalPlan, 
     from ..distributed import broadcast_object, current
 
     info = current()
+    _check_examples(x, y, num_classes)
     n = int(y.shape[0])
     stages, backend = build_stages(plan, num_classes)
     m_sha, d_sha = model_sha256(model), data_sha256(x, y)

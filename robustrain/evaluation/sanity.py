@@ -180,6 +180,20 @@ def checks_after(records: list, n: int, num_classes: int, threat_desc: str) -> l
     return out
 
 
+#: Gradient-masking signs that make even the worst case over all attacks an overestimate: white-box attacks blind
+#: on part of the inputs (zero input gradients), or a black-box attack breaking what every gradient-based stage
+#: missed. (A PGD far above AutoAttack, or a weaker attack beating it, is already covered by the worst case, which
+#: counts both; those stay warnings about the single attack's number.)
+GRADIENT_MASKING = ("zero_gradients", "black_box_beats_white_box")
+
+
+def untrustworthy(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The failed checks (as stored in a report) that make the robust accuracy untrustworthy: every error and
+    every gradient-masking sign."""
+    return [c for c in checks if c["level"] == "error"
+            or (c["level"] != "ok" and c["name"].split(":")[0] in GRADIENT_MASKING)]
+
+
 def announce(checks: list[Check]) -> None:
     """Emit a Python warning for every check that is not ok."""
     for c in checks:

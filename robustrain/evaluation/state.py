@@ -28,6 +28,12 @@ def config_key(config: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _digest(key: str, stages: Any) -> str:
+    """A checksum of the saved progress: an edited state file is refused, not continued from."""
+    blob = json.dumps([key, stages], sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 class EvalState:
     """Progress of one evaluation: for each stage, the flags so far and the index of the next batch.
 
@@ -46,11 +52,16 @@ class EvalState:
                 raise RobustrainError(
                     f"evaluation state {str(path)!r} is unreadable ({e}); delete it to start the evaluation afresh."
                 ) from e
-            if saved.get("key") != key:
+            if not isinstance(saved, dict) or saved.get("key") != key:
                 raise RobustrainError(
-                    f"evaluation state {str(path)!r} belongs to another evaluation (key {saved.get('key')!r}, "
-                    f"expected {key!r}); delete it or choose another --out."
+                    f"evaluation state {str(path)!r} belongs to another evaluation (key "
+                    f"{saved.get('key') if isinstance(saved, dict) else None!r}, expected {key!r}); delete it or "
+                    "choose another --out."
                 )
+            if saved.get("digest") != _digest(key, saved.get("stages")):
+                raise RobustrainError(
+                    f"evaluation state {str(path)!r} was changed after robustrain wrote it (its checksum does not "
+                    "match its content); its results cannot be trusted. Delete it to run the evaluation afresh.")
             self.stages = saved["stages"]
             self.resumed = bool(self.stages)
 
@@ -61,7 +72,8 @@ class EvalState:
 
     def save(self) -> None:
         if self.path is not None:
-            write_json_atomic(self.path, {"key": self.key, "stages": self.stages})
+            write_json_atomic(self.path, {"key": self.key, "stages": self.stages,
+                                          "digest": _digest(self.key, self.stages)})
 
     def remove(self) -> None:
         if self.path is not None and self.path.exists():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import yaml
 
 from ..errors import RobustrainError
 from ..tables import pct as tables_pct
+from ..training.callbacks import read_jsonl
 
 EVENT_STYLE = {  # kind -> (short label, colour)
     "catastrophic_overfitting": ("CO", "tab:red"),
@@ -93,7 +95,10 @@ def load_run(folder: str | Path, label: str | None = None) -> Run:
             f"{str(folder)!r} is not a run folder: it has no metrics.jsonl (a run folder is what `robustrain train` "
             "writes: runs/NAME or --run-dir)."
         )
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    records, torn = read_jsonl(metrics)
+    if torn is not None:
+        warnings.warn(f"{str(metrics)!r}: skipped its torn last line (the process writing it was killed): "
+                      f"{torn[:60]!r}", RuntimeWarning, stacklevel=2)
     cfg_path = folder / "config.yaml"
     run = Run(folder, label or folder.name, yaml.safe_load(cfg_path.read_text()) if cfg_path.exists() else {})
     for r in records:

@@ -13,7 +13,7 @@ Public API:
   monitor is :class:`robustrain.training.monitor.OverfitMonitor`).
 * checkpoints: :func:`load_checkpoint`, :func:`save_atomic`.
 """
-from .callbacks import Callback, Checkpointer, JSONLLogger, ProgressBar
+from .callbacks import Callback, Checkpointer, JSONLLogger, ProgressBar, read_jsonl
 from .checkpoint import load_checkpoint, save_atomic
 from .hooks import LossTerm, Procedure, StepContext, WeightPerturbation
 from .objectives import MART, OBJECTIVES, TRADES, CrossEntropy, build_objective
@@ -24,7 +24,7 @@ from .schedules import SCHEDULES, LRSchedule
 from .trainer import Trainer
 
 __all__ = [
-    "Callback", "Checkpointer", "CrossEntropy", "FGSMTrainer", "JSONLLogger", "LRSchedule", "LossTerm",
+    "Callback", "Checkpointer", "CrossEntropy", "FGSMTrainer", "JSONLLogger", "LRSchedule", "LossTerm", "read_jsonl",
     "MART", "OBJECTIVES", "PGDTrainer", "PROCEDURES", "Procedure", "ProgressBar", "REMEDIES", "Remedy", "SCHEDULES",
     "StepContext", "TRADES", "Trainer", "WeightPerturbation", "build_objective", "build_procedure", "build_remedy",
     "register_procedure",

@@ -73,6 +73,32 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def read_jsonl(path: str | Path) -> tuple[list[dict[str, Any]], str | None]:
+    """The records of a ``metrics.jsonl`` and, when its last line is torn (a process killed mid-write), that line
+    (which is skipped). A damaged line before the last is a :class:`~robustrain.errors.RobustrainError`."""
+    from ..errors import RobustrainError
+
+    lines = Path(path).read_text(errors="replace").split("\n")
+    records, torn = [], None
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            if i == last:
+                torn = line
+                continue
+            raise RobustrainError(
+                f"{str(path)!r} line {i + 1} is not a JSON record ({e}): {line[:80]!r}. The file was edited or damaged; "
+                "restore it or delete the line.") from None
+        records.append(record)
+    return records, torn
+
+
 class JSONLLogger(Callback):
     """Append one JSON line per logged step and per epoch to ``metrics.jsonl``."""
 
@@ -81,12 +107,18 @@ class JSONLLogger(Callback):
         self.every = max(1, int(every))
 
     def on_fit_start(self, trainer: "Trainer") -> None:
-        """After a resume, drop the records of steps the checkpoint does not contain (they will be re-run)."""
-        if trainer.step == 0 or not self.path.exists():
+        """Keep only the records of the steps the run continues from: after a resume those the checkpoint contains
+        (later ones will be re-run), on a fresh start none (a run killed before its first checkpoint and started
+        again would otherwise log its first steps twice). A torn last line (killed mid-write) is dropped."""
+        if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= trainer.step]
-        write_text_atomic(self.path, "".join(line + "\n" for line in kept))
+        records, torn = read_jsonl(self.path)
+        kept = [r for r in records if trainer.step and r.get("step", 0) <= trainer.step]
+        if torn is not None:
+            print(f"[robustrain] {self.path}: dropped a torn last line (the process writing it was killed): "
+                  f"{torn[:60]!r}", flush=True)
+        if len(kept) != len(records) or torn is not None:
+            write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def _write(self, record: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,12 +189,13 @@ class ProgressBar(Callback):
 
 class Checkpointer(Callback):
     """Write ``last.pt`` every ``every_steps`` steps and at each epoch end, and ``best.pt`` when the
-    validation metric ``monitor`` improves (chosen on the held-out split, never on test). Runs on every rank of a
+    validation metric ``monitor`` improves (chosen on the held-out split, never on test; ``monitor`` None: no
+    validation split, ``last.pt`` only). Runs on every rank of a
     distributed run (the metrics are the same everywhere); rank 0 writes."""
 
     every_rank = True
 
-    def __init__(self, run_dir: str | Path, monitor: str = "val_robust_acc", every_steps: int = 0):
+    def __init__(self, run_dir: str | Path, monitor: str | None = "val_robust_acc", every_steps: int = 0):
         self.run_dir = Path(run_dir)
         self.monitor = monitor
         self.every_steps = int(every_steps)
@@ -174,6 +207,9 @@ class Checkpointer(Callback):
             trainer.save_checkpoint(self.run_dir / "last.pt")
 
     def on_epoch_end(self, trainer: "Trainer", metrics: dict[str, float]) -> None:
+        if self.monitor is None:  # no validation split: nothing to choose a best checkpoint on
+            trainer.save_checkpoint(self.run_dir / "last.pt")
+            return
         value = metrics.get(self.monitor)
         if value is None:
             raise KeyError(

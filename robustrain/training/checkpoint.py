@@ -35,7 +35,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; expected a file written by robustrain train.")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - torch.load raises many types for a damaged file (IndexError, KeyError...)
         raise CheckpointError(
             f"checkpoint {str(path)!r} could not be read ({type(e).__name__}: {str(e)[:200]}); it is damaged or "
             "not a robustrain checkpoint. Resume from another checkpoint in the run folder (last.pt, best.pt)."
@@ -45,6 +45,32 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"checkpoint {str(path)!r} holds {type(ckpt).__name__}, not a robustrain checkpoint dict with a 'model' entry."
         )
     return ckpt
+
+
+#: The format of the checkpoints this robustrain writes (``version`` in every checkpoint)
+CHECKPOINT_VERSION = 1
+#: What a checkpoint needs for a resume (the trainer's own ``state_dict`` keys), and its progress counters.
+RESUME_KEYS = ("model", "optimizer", "trainer", "rng", "callbacks", "loss_terms", "weight_perturbation")
+PROGRESS_KEYS = ("epoch", "batch_in_epoch", "step", "history")
+
+
+def check_resumable(ckpt: dict, path: str | Path) -> None:
+    """A :class:`~robustrain.errors.CheckpointError` naming what is missing when ``ckpt`` cannot continue a run
+    (e.g. a weights-only file, or one saved without the optimiser state)."""
+    version = ckpt.get("version")
+    if version != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has format version {version!r}; this robustrain reads version "
+            f"{CHECKPOINT_VERSION}. Resume it with the robustrain version that wrote it, or start a new run.")
+    missing = [k for k in RESUME_KEYS if not isinstance(ckpt.get(k), dict)]
+    trainer = ckpt.get("trainer") if isinstance(ckpt.get("trainer"), dict) else {}
+    missing += [f"trainer.{k}" for k in PROGRESS_KEYS if "trainer" not in missing and k not in trainer]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} cannot be resumed: it lacks {', '.join(missing)} (found: "
+            f"{', '.join(sorted(map(str, ckpt))) or 'nothing'}); a resume needs the optimiser state, the progress and "
+            "the RNG states that robustrain train writes into last.pt. Evaluate it with robustrain eval, or start a "
+            "new run (without --resume).")
 
 
 def rng_state(generator: torch.Generator) -> dict:

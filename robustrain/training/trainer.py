@@ -24,7 +24,7 @@ from ..distributed import DistInfo, any_rank, barrier, current, gather_objects
 from ..errors import CheckpointError, NonFiniteLossError
 from ..evaluation import evaluate
 from .callbacks import Callback
-from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from .checkpoint import CHECKPOINT_VERSION, check_resumable, load_checkpoint, rng_state, save_atomic, set_rng_state
 from .hooks import LossTerm, Procedure, StepContext, WeightPerturbation
 from .objectives import CrossEntropy
 from .compiled import compiled_objective
@@ -32,7 +32,6 @@ from .parallel import rank_seed, sync_step, sync_term_states, training_module
 from .remedies import Remedy
 from .schedules import LRSchedule, optimizer_momentum, set_momentum
 
-CHECKPOINT_VERSION = 1
 
 
 class Trainer:
@@ -470,7 +469,12 @@ class Trainer:
                 f"{source} does not fit this model ({str(e)[:300]}); resume with the config the run was started with "
                 "(config.yaml in the run folder)."
             ) from e
-        self.optimizer.load_state_dict(own(state["optimizer"]))  # it keeps the tensors, later steps update them
+        try:
+            self.optimizer.load_state_dict(own(state["optimizer"]))  # it keeps the tensors, later steps update them
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(
+                f"{source} holds an optimiser state that does not fit this optimiser ({str(e)[:200]}); resume with "
+                "the config the run was started with (config.yaml in the run folder).") from e
         for term in self.loss_terms:
             if term.name in state["loss_terms"]:
                 term.load_state_dict(own(state["loss_terms"][term.name]))
@@ -503,11 +507,7 @@ class Trainer:
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore model, optimiser, progress, callbacks, terms and every RNG from ``path``."""
         ckpt = load_checkpoint(path, map_location=self.device)
-        if ckpt.get("version") != CHECKPOINT_VERSION:
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} has format version {ckpt.get('version')!r}; this robustrain reads "
-                f"version {CHECKPOINT_VERSION}."
-            )
+        check_resumable(ckpt, path)  # the format version and every part a resume needs
         t = ckpt["trainer"]
         self.epoch, self.batch_in_epoch, self.step = t["epoch"], t["batch_in_epoch"], t["step"]
         self.history = list(t["history"])
