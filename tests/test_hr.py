@@ -78,7 +78,14 @@ def test_hd_weights_solve_the_official_program(seed, n, alpha, r):
         assert ours >= v_ref - 1e-6 * max(1.0, abs(v_ref))
     if converged:
         assert ours == pytest.approx(v_ref, rel=1e-6, abs=1e-8)
-        assert np.abs(p.numpy() - p_ref).max() < 1e-4
+        # the worst-case atom sits at max ℓ, so its mass and the arg-max example's are interchangeable (the optimum is
+        # not unique there): compare the mass each loss value gets
+        def on_losses(w):
+            w = np.asarray(w, dtype=float)
+            out = w[:n].copy()
+            out[int(np.argmax(loss))] += w[n]
+            return out
+        assert np.abs(on_losses(p.numpy()) - on_losses(p_ref)).max() < 1e-4
 
 
 @given(seed=st.integers(0, 10_000), n=st.integers(1, 16), alpha=st.floats(0.0, 0.9), r=st.floats(0.0, 2.0))
