@@ -79,7 +79,11 @@ def check_model_fits(model: torch.nn.Module, cfg: Config, data: ArrayDataset, de
     written, not after the first step. Draws no random numbers."""
     from .guards import eval_mode
 
-    x = data.images[:2].to(device).float() / (255 if not data.images.is_floating_point() else 1)
+    if hasattr(data, "images"):
+        images = data.images[:2]
+    else:  # a streamed split (data.stream) holds no decoded images: decode its first item
+        images = data.source.load(int(data.indices[0]), None)[0].unsqueeze(0)
+    x = images.to(device).float() / (255 if not images.is_floating_point() else 1)
     shape = tuple(x.shape[1:])
     try:
         with torch.no_grad(), eval_mode(model):
