@@ -31,7 +31,7 @@ class RobustOverfitting(Rule):
     def __init__(self, *, window: int = 10, patience: int = 1, margin: float = 0.01, false_alarm: float = 0.01,
                  after_decay: bool = True, horizon: int = 100):
         if window < 1 or patience < 1:
-            raise ValueError(f"robust_overfitting: window and patience must be >= 1, got {window}, {patience}")
+            raise ValueError(f"{self.name}: window and patience must be >= 1, got {window}, {patience}")
         self.window, self.patience, self.margin = int(window), int(patience), float(margin)
         self.false_alarm, self.after_decay, self.horizon = float(false_alarm), bool(after_decay), int(horizon)
 
@@ -80,7 +80,11 @@ class RobustOverfitting(Rule):
                 "best_smoothed_val_robust_acc": last["best_smoothed"], "smoothed_drop": last["drop"],
                 "threshold": last["threshold"], "window": self.window, "best_window_end_epoch": last["best_epoch"],
                 "best_val_robust_acc": max(history.val_robust), "best_epoch": best_epoch,
-                "watched_after_epoch": self.arm_epoch(history)}
+                "watched_after_epoch": self.arm_epoch(history), **self.extra_fields(last)}
+
+    def extra_fields(self, last: dict[str, Any]) -> dict[str, Any]:
+        """What a variant adds to the declaration from its last statistic (nothing here)."""
+        return {}
 
     def message(self, ev: dict[str, Any]) -> str:
         return (f"robust overfitting: validation robust accuracy averaged over {ev['window']} epochs is "

@@ -9,12 +9,12 @@ from typing import Any
 
 import torch
 
-from . import History, Rule, register_rule
-from ._stats import calibrated_z, first_decay
+from . import History, register_rule
+from .robust_overfitting import RobustOverfitting
 
 
 @register_rule
-class RobustOverfittingPaired(Rule):
+class RobustOverfittingPaired(RobustOverfitting):
     """Validation robust accuracy, averaged over ``window`` epochs, is below the best earlier ``window``-epoch average
     (disjoint windows) by more than the threshold for ``patience`` consecutive epochs, tested on the per-example flags.
 
@@ -36,19 +36,8 @@ class RobustOverfittingPaired(Rule):
 
     def __init__(self, *, window: int = 5, patience: int = 1, margin: float = 0.01, false_alarm: float = 0.01,
                  after_decay: bool = True, horizon: int = 100):
-        if window < 1 or patience < 1:
-            raise ValueError(f"robust_overfitting_paired: window and patience must be >= 1, got {window}, {patience}")
-        self.window, self.patience, self.margin = int(window), int(patience), float(margin)
-        self.false_alarm, self.after_decay, self.horizon = float(false_alarm), bool(after_decay), int(horizon)
-
-    def arm_epoch(self, history: History) -> int:
-        """Epochs up to and including this one are not watched."""
-        if not self.after_decay:
-            return 0
-        if history.arm_epoch is not None:
-            return history.arm_epoch
-        decay = first_decay(history.lr)
-        return decay if decay is not None else len(history.val_robust)
+        super().__init__(window=window, patience=patience, margin=margin, false_alarm=false_alarm,
+                         after_decay=after_decay, horizon=horizon)
 
     def statistic(self, history: History) -> list[dict[str, Any]]:
         """Per watched epoch (with two disjoint windows): the paired drop, its standard error and threshold."""
@@ -67,29 +56,15 @@ class RobustOverfittingPaired(Rule):
         d = rates[best] - rates[t]                           # (windows, n): paired differences
         drop = d.mean(1)
         se = d.std(1, unbiased=True) / math.sqrt(n) if n > 1 else torch.zeros_like(drop)
-        horizon = history.epochs - arm if history.epochs else self.horizon
-        z = calibrated_z(w, self.patience, self.false_alarm, max(horizon, 1))
+        z = self.z(history, arm)
         th = torch.clamp(z * se, min=self.margin)
         return [{"epoch": arm + int(ti) + w, "best_epoch": arm + int(s) + w, "smoothed": float(means[ti]),
                  "best_smoothed": float(means[s]), "drop": float(dr), "se": float(e), "threshold": float(h),
                  "discordant": int((dd != 0).sum())}
                 for ti, s, dr, e, h, dd in zip(t, best, drop, se, th, d)]
 
-    def __call__(self, history: History) -> dict[str, Any] | None:
-        stats = self.statistic(history)
-        if len(stats) < self.patience or stats[-1]["epoch"] != len(history.val_robust):
-            return None
-        recent = stats[-self.patience:]
-        if not all(r["drop"] > r["threshold"] for r in recent):
-            return None
-        last = recent[-1]
-        best_epoch = max(range(len(history.val_robust)), key=lambda i: (history.val_robust[i], -i)) + 1
-        return {"rule": self.name, "val_robust_acc": history.val_robust[-1], "smoothed_val_robust_acc": last["smoothed"],
-                "best_smoothed_val_robust_acc": last["best_smoothed"], "smoothed_drop": last["drop"],
-                "paired_se": last["se"], "threshold": last["threshold"], "discordant_images": last["discordant"],
-                "window": self.window, "best_window_end_epoch": last["best_epoch"],
-                "best_val_robust_acc": max(history.val_robust), "best_epoch": best_epoch,
-                "watched_after_epoch": self.arm_epoch(history)}
+    def extra_fields(self, last: dict[str, Any]) -> dict[str, Any]:
+        return {"paired_se": last["se"], "discordant_images": last["discordant"]}
 
     def message(self, ev: dict[str, Any]) -> str:
         return (f"robust overfitting: validation robust accuracy averaged over {ev['window']} epochs is "
