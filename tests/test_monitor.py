@@ -337,6 +337,7 @@ def test_a_declared_signal_that_never_arrives_is_reported(tmp_path):
 
 # -- rules with statistics ------------------------------------------------------------------------------
 from robustrain.training.monitor_rules import RULES, History, build_rule  # noqa: E402
+from robustrain.training.monitor_replay import first_declaration  # noqa: E402
 from robustrain.training.monitor_rules._stats import calibrated_z, first_decay  # noqa: E402
 
 
@@ -351,12 +352,7 @@ def ro_fires(rule, values, n, lrs=None, arm_epoch=None):
     """The first epoch the rule declares on ``values`` (the statistic is causal, so one pass over the whole series
     equals calling the rule after every epoch), or None."""
     hist = History(val_robust=values, lr=lrs or [0.1] * len(values), n_val=n, arm_epoch=arm_epoch, epochs=len(values))
-    run = 0
-    for row in rule.statistic(hist):
-        run = run + 1 if row["drop"] > row["threshold"] else 0
-        if run >= rule.patience:
-            return row["epoch"]
-    return None
+    return first_declaration(rule, hist)
 
 
 def test_rules_are_registered_by_name():
