@@ -12,11 +12,15 @@ exists), evaluates zero-init FGSM on its last checkpoint, and ``scripts/plot_run
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import subprocess
 import sys
 from pathlib import Path
+
+from robustrain.reporting import pct
+from robustrain.reporting.runs import as_fractions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,6 +38,7 @@ def main() -> None:
     p.add_argument("--variant", action="append", required=True, help="NAME=OVERRIDES (';'-separated key=value)")
     p.add_argument("--mnist-root", default=os.environ.get("MNIST_ROOT", "../shared/data/mnist"))
     p.add_argument("--title", default=None)
+    p.add_argument("--n-ex", default="1000", help="test images of the FGSM and extra evaluations (default 1000)")
     p.add_argument("--extra-eval", action="append", default=[],
                    help="LABEL=EVAL ARGS: also evaluate each last checkpoint with these robustrain eval arguments "
                         "(e.g. 'beta50=--attack beta --steps 50 --step 0.01'); a table of them is appended")
@@ -51,11 +56,11 @@ def main() -> None:
                  "--set", f"data.root={args.mnist_root}", "--set", "train.progress=false",
                  *[a for s in sets for a in ("--set", s)]])
         run([py, "-m", "robustrain.cli", "eval", str(run_dir), "--checkpoint", "last", "--attack", "fgsm",
-             "--n-ex", "1000", "--data-root", args.mnist_root, "--out", str(run_dir / "eval_fgsm_last.json")])
+             "--n-ex", args.n_ex, "--data-root", args.mnist_root, "--out", str(run_dir / "eval_fgsm_last.json")])
         for extra in args.extra_eval:
             label, _, eval_args = extra.partition("=")
             run([py, "-m", "robustrain.cli", "eval", str(run_dir), "--checkpoint", "last", *shlex.split(eval_args),
-                 "--n-ex", "1000", "--data-root", args.mnist_root, "--no-progress",
+                 "--n-ex", args.n_ex, "--data-root", args.mnist_root, "--no-progress",
                  "--out", str(run_dir / f"eval_{label}_last.json")])
     command = shlex.join(["python", "scripts/study_mnist.py", *sys.argv[1:]])
     result = ROOT / "results" / "studies" / f"{args.study}_mnist"
@@ -67,9 +72,8 @@ def main() -> None:
 
 
 def extra_table(out: Path, names: list[str], extra: list[str]) -> str:
-    """The robust accuracy (%) of each variant's last checkpoint under each extra evaluation."""
-    import json
-
+    """The accuracy (%) of each variant's last checkpoint under each extra evaluation. eval.json files hold
+    fractions (files from before the units convention, percent, are converted by the reporting loader's rule)."""
     labels = [e.partition("=")[0] for e in extra]
     lines = ["", "## Last checkpoint under further attacks (test, robust accuracy %)", "",
              "| variant | clean | " + " | ".join(f"{lab} (`{e.partition('=')[2]}`)" for lab, e in zip(labels, extra))
@@ -77,12 +81,18 @@ def extra_table(out: Path, names: list[str], extra: list[str]) -> str:
     for name in names:
         cells, clean = [], ""
         for label in labels:
-            row = json.loads((out / name / f"eval_{label}_last.json").read_text())
-            clean = f"{row['clean_acc']:.1f}"
+            row = read_eval(out / name / f"eval_{label}_last.json")
+            clean = pct(row["clean_acc"])
             accs = {k: v for k, v in row.items() if k.endswith("_acc") and k != "clean_acc"}
-            cells.append(", ".join(f"{k[:-4]} {v:.1f}" for k, v in accs.items()))
+            cells.append(", ".join(f"{k[:-4]} {pct(v)}" for k, v in accs.items()))
         lines.append(f"| {name} | {clean} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def read_eval(path: Path) -> dict:
+    """A one-row eval.json with its ``*_acc`` numbers as fractions (an old file without ``units``: percent)."""
+    row = json.loads(path.read_text())
+    return as_fractions(row, old=row.get("units") is None)
 
 
 if __name__ == "__main__":
