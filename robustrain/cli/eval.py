@@ -35,7 +35,8 @@ def add_arguments(e: argparse.ArgumentParser) -> None:
     e.add_argument("--version", default="standard", choices=["standard", "plus", "rand"], help="AutoAttack version")
     e.add_argument("--backend", choices=list(BACKENDS),
                    help="who runs the AutoAttack components: torchattacks (default for linf, l2) or autoattack (the "
-                        "official code, PyPI pyautoattack; the default for l1)")
+                        "official code, PyPI pyautoattack; the default for l1) or fast (robustrain's own components with the "
+                        "official per-example flags, less work on broken points; linf, l2 for APGD)")
     e.add_argument("--aa-steps", type=int, default=100, help="APGD/FAB iterations (100 is the standard; "
                                                              "anything else is reported as non-standard)")
     e.add_argument("--square-queries", type=int, default=5000, help="Square queries (5000 is the standard)")

@@ -10,6 +10,13 @@ the same components run standalone (``robustrain eval --attack apgd-ce,square``)
   git install that imports as ``autoattack`` works too): its ``APGDAttack``, ``APGDAttack_targeted``,
   ``FABAttack_PT`` and ``SquareAttack`` built with the stage's settings, for L∞, L2 and L1 (APGD-L1 with the
   official ε schedule 3ε, 2ε, ε for the L1 threat model, Square-L1).
+* ``fast``: robustrain's own APGD, APGD-T, FAB-T and Square (:mod:`robustrain.evaluation.fast_autoattack`), written
+  to give the official code's per-example outcome (same random starts, same arithmetic) while dropping points from
+  the working batch once their flag is fixed; APGD / APGD-T for L∞ and L2, FAB-T and Square for L∞, the
+  ``standard`` version's settings (APGD-DLR too; no EOT, no FAB restarts). The cascade hands it the points in the
+  same batches as the official ``run_standard_evaluation`` (still-robust points in order, chunks of the batch
+  size), so with the same seed the robust flags equal the official package's
+  (``scripts/bench_autoattack_fast.py``, ``results/benchmarks/autoattack_fast.md``).
 """
 from __future__ import annotations
 
@@ -157,6 +164,45 @@ class OfficialBackend:
             return atk.perturb(x, y).detach().to(x.dtype)
 
 
+@BACKENDS.register
+class FastBackend:
+    """robustrain's own components (:mod:`~robustrain.evaluation.fast_autoattack`): the official per-example outcome,
+    less work on points already broken. They reseed the global torch RNG as the official code does; each call runs
+    inside ``torch.random.fork_rng``."""
+
+    name = "fast"
+
+    def version(self) -> str | None:
+        return "robustrain"
+
+    def perturb(self, model: nn.Module, spec, x: Tensor, y: Tensor, *, norm: str, eps: float, seed: int) -> Tensor:
+        from . import fast_autoattack as fa
+
+        s = spec.settings
+        if s.get("eot_iter", 1) != 1 or s.get("largereps", False):
+            raise ConfigError(f"--backend fast: {spec.name} with EOT or the L1 ε schedule is not implemented; use "
+                              "--backend autoattack.")
+        common = {"norm": norm, "eps": eps, "seed": seed}
+        with torch.random.fork_rng(devices=_rng_devices(x)):
+            if spec.kind == "apgd":
+                adv = fa.apgd(model, x, y, steps=s["steps"], restarts=s["restarts"], loss=s["loss"], rho=s["rho"],
+                              **common)
+            elif spec.kind == "apgd-t":
+                adv = fa.apgd_targeted(model, x, y, steps=s["steps"], restarts=s["restarts"], rho=s["rho"],
+                                       target_classes=s["target_classes"], **common)
+            elif spec.kind == "fab-t":
+                adv = fa.fab_targeted(model, x, y, steps=s["steps"], restarts=s["restarts"],
+                                      target_classes=s["target_classes"], alpha_max=s["alpha_max"], eta=s["eta"],
+                                      beta=s["beta"], **common)
+            elif spec.kind == "square":
+                adv = fa.square(model, x, y, queries=s["queries"], p_init=s["p_init"], restarts=s["restarts"],
+                                rescale_schedule=s["rescale_schedule"], **common)
+            else:
+                raise ConfigError(f"--backend fast: no {spec.name} (stage kind {spec.kind!r}); use --backend "
+                                  "autoattack (the official code) for it.")
+        return adv.detach().to(x.dtype)
+
+
 def make_backend(name: str) -> Backend:
-    """The backend called ``name`` (one of :data:`BACKENDS`: ``torchattacks`` or ``autoattack``)."""
+    """The backend called ``name`` (one of :data:`BACKENDS`: ``torchattacks``, ``autoattack`` or ``fast``)."""
     return BACKENDS.build(name)
