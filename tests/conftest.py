@@ -73,6 +73,16 @@ def trained_digits_model(digits):
     return model.eval()
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a module (restored after it): attacks on tiny models are dominated by thread hand-offs,
+    and per-example results must not depend on how a reduction is split across threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def digits_batch(ds, n: int, offset: int = 0):
     x = ds.images[offset:offset + n].float() / 255
     return x, ds.labels[offset:offset + n]

@@ -29,15 +29,7 @@ EPS = 0.1
 STEPS = 12
 QUERIES = 150
 N = 120
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: per-example results must not depend on the batch, which a split reduction could break."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
