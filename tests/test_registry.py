@@ -128,7 +128,7 @@ def test_the_package_registries_hold_the_library_entries():
     assert register_rule == RULES.register
     assert {"fgsm", "fgsm_rs", "nfgsm", "pgd", "trades"} <= set(ATTACKS)
     assert {"cifar10", "digits", "mnist"} <= set(DATASETS) and set(SCHEDULES) >= {"cyclic", "multistep"}
-    assert set(BACKENDS) == {"torchattacks", "autoattack"} and set(REMEDIES) == {"lr", "attack", "regulariser"}
+    assert set(BACKENDS) == {"torchattacks", "autoattack", "fast"} and set(REMEDIES) == {"lr", "attack", "regulariser"}
 
 
 NAMES = st.text(alphabet="abcdefghij_", min_size=1, max_size=8)
