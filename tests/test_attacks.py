@@ -473,3 +473,28 @@ def test_settings_state_the_real_step_and_its_rule():
     assert build_attack("trades", threat).label == "trades"
     s = build_attack("nfgsm", threat).settings()
     assert s["projection"] == "none" and s["max_norm"] == pytest.approx(3 * 8 / 255) and s["steps"] == 1
+
+
+def test_single_step_attack_ascends_the_label_smoothed_loss(digits):
+    """``label_smoothing`` (FastAT_Benchmark's attack gradient): the step follows the sign of ∇ of CE with label
+    smoothing, which differs from plain CE's on some pixels; 0 is plain CE."""
+    x, y = digits_batch(digits[0], 32)
+    model = make_digits_model(batchnorm=False)
+    threat = make_threat("linf", 0.1)
+    smoothed = build_attack("nfgsm", threat, init_scale=0.0, label_smoothing=0.4)
+    plain = build_attack("nfgsm", threat, init_scale=0.0)
+    xg = x.clone().requires_grad_(True)
+    grad_s, = torch.autograd.grad(nn.functional.cross_entropy(model(xg), y, label_smoothing=0.4, reduction="sum"), xg)
+    grad_p, = torch.autograd.grad(nn.functional.cross_entropy(model(xg), y, reduction="sum"), xg)
+    want_s = (x + 0.1 * grad_s.sign()).clamp(0, 1)
+    want_p = (x + 0.1 * grad_p.sign()).clamp(0, 1)
+    assert not torch.equal(want_s, want_p)  # the case can tell the two losses apart
+    assert torch.allclose(smoothed(model, x, y).x_adv, want_s, atol=1e-6)
+    assert torch.allclose(plain(model, x, y).x_adv, want_p, atol=1e-6)
+    assert smoothed.settings()["label_smoothing"] == 0.4 and "0.4" in smoothed.settings()["loss_fn"]
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.1, "lots", True])
+def test_single_step_attack_rejects_bad_label_smoothing(bad):
+    with pytest.raises(ConfigError, match=r"fgsm_rs: label_smoothing must be a number in \[0, 1\).*got"):
+        build_attack("fgsm_rs", make_threat("linf", 0.1), label_smoothing=bad)

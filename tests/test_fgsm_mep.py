@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from robustrain.attacks import FGSMMEP, build_attack
-from robustrain.attacks.fgsm_mep import SmoothedCrossEntropy
+from robustrain.attacks.base import SmoothedCrossEntropy
 from robustrain.config import load_config
 from robustrain.data import BatchLoader
 from robustrain.errors import CheckpointError, ConfigError

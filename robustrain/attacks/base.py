@@ -36,6 +36,34 @@ def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(logits.float(), y, reduction="none")
 
 
+class SmoothedCrossEntropy:
+    """Per-example cross-entropy with label smoothing (torch's convention), in fp32; a class so attacks pickle."""
+
+    def __init__(self, label_smoothing: float):
+        self.label_smoothing = float(label_smoothing)
+
+    def __call__(self, logits: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing, reduction="none")
+
+    def __repr__(self) -> str:
+        return f"SmoothedCrossEntropy({self.label_smoothing:.6g})"
+
+
+def smoothed_loss(name: str, label_smoothing: Any, kwargs: dict[str, Any]) -> float:
+    """Check an attack's ``label_smoothing`` option (in [0, 1)) and, when it is > 0 and no ``loss_fn`` was given,
+    put the label-smoothed cross-entropy into ``kwargs["loss_fn"]``; returns the smoothing as a float."""
+    try:
+        smoothing = float(label_smoothing)
+    except (TypeError, ValueError):
+        smoothing = float("nan")
+    if isinstance(label_smoothing, bool) or not 0.0 <= smoothing < 1.0:
+        raise ConfigError(f"{name}: label_smoothing must be a number in [0, 1) (0 = plain cross-entropy, 0.4 = "
+                          f"FastAT_Benchmark's), got {label_smoothing!r}.")
+    if kwargs.get("loss_fn") is None and smoothing > 0:
+        kwargs["loss_fn"] = SmoothedCrossEntropy(smoothing)
+    return smoothing
+
+
 @dataclass
 class AttackResult:
     """The adversarial input and what regularisers need from the attack, all detached.

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from .. import kernels
 from ..errors import ConfigError
 from ..threat import ThreatModel
-from .base import Attack, AttackResult, ratio_rule, register_attack
+from .base import Attack, AttackResult, ratio_rule, register_attack, smoothed_loss
 
 
 @register_attack
@@ -39,7 +39,12 @@ class FGSM(Attack):
             MNIST/train_mnist.py@54f7287: ``delta.uniform_(-ε, ε)``, gradient at ``X + delta`` unclipped, then
             ``clamp(delta + α·sign(g), -ε, ε)`` and the box clip): the gradient is taken at a point that may lie
             outside [0,1] (``x_init`` too), the result is in the box. Their CIFAR-10 script clips the start first.
-        **kwargs: ``loss_fn``, ``bn_mode``, ``amp_dtype``, ``compile`` of :class:`Attack`.
+        label_smoothing: the attack ascends cross-entropy with this label smoothing (torch's convention); 0 (the
+            default) = plain CE. fzjcdt/FastAT_Benchmark's single-step methods (fast_at/n_fgsm.py@b99c0de) take the
+            attack's gradient of their training criterion, ``CrossEntropyLoss(label_smoothing=0.4)``: the recipes
+            that follow that code set 0.4 here (``configs/cifar10_nfgsm_wa.yaml``).
+        **kwargs: ``loss_fn``, ``bn_mode``, ``amp_dtype``, ``compile`` of :class:`Attack`. ``loss_fn`` replaces the
+            label-smoothed CE.
     """
 
     name = "fgsm"
@@ -57,8 +62,10 @@ class FGSM(Attack):
         project: bool | None = None,
         clip: bool = True,
         clip_init: bool | None = None,
+        label_smoothing: float = 0.0,
         **kwargs,
     ):
+        self.label_smoothing = smoothed_loss(self.name, label_smoothing, kwargs)
         super().__init__(threat, **kwargs)
         self.clip_init = bool(clip) if clip_init is None else bool(clip_init)
         if self.clip_init and not clip:
@@ -98,7 +105,7 @@ class FGSM(Attack):
 
     def _options(self) -> dict:
         return {"init_scale": self.init_scale, "project": self.project, "clip": self.clip,
-                "clip_init": self.clip_init}
+                "clip_init": self.clip_init, "label_smoothing": self.label_smoothing}
 
     def run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> AttackResult:
         if self.init_scale <= 0:

@@ -52,13 +52,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..distributed import all_gather_cat, all_reduce_sum, broadcast_object, current
 from ..errors import CheckpointError, ConfigError
 from ..threat import ThreatModel
-from .base import Attack, AttackResult, ratio_rule, register_attack
+from .base import Attack, AttackResult, ratio_rule, register_attack, smoothed_loss
 
 INITS = ("sign", "zero")
 
@@ -86,19 +85,6 @@ def box(x: Tensor, delta: Tensor) -> Tensor:
 def l1_normalised(grad: Tensor, norm: Tensor) -> Tensor:
     """``grad / norm`` (the whole batch's L1 norm); zero where the norm is zero."""
     return grad / torch.where(norm > 0, norm, torch.ones_like(norm))
-
-
-class SmoothedCrossEntropy:
-    """Per-example cross-entropy with label smoothing (torch's convention), in fp32; a class so attacks pickle."""
-
-    def __init__(self, label_smoothing: float):
-        self.label_smoothing = float(label_smoothing)
-
-    def __call__(self, logits: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing, reduction="none")
-
-    def __repr__(self) -> str:
-        return f"SmoothedCrossEntropy({self.label_smoothing:.6g})"
 
 
 @register_attack
@@ -142,11 +128,7 @@ class FGSMMEP(Attack):
         buffer_device: str | None = None,
         **kwargs,
     ):
-        smoothing = float(label_smoothing)
-        if not 0.0 <= smoothing < 1.0:
-            raise ConfigError(f"{self.name}: label_smoothing must be in [0, 1), got {label_smoothing}.")
-        if kwargs.get("loss_fn") is None and smoothing > 0:
-            kwargs["loss_fn"] = SmoothedCrossEntropy(smoothing)
+        smoothing = smoothed_loss(self.name, label_smoothing, kwargs)
         super().__init__(threat, **kwargs)
         self.step = float(threat.eps if step is None else step)
         self._record_step(step, ratio_rule(1.0))
