@@ -2,9 +2,12 @@
 Robust Generalization", ICLR 2024, arXiv 2402.11733): forgetting, relearning and consolidation around adversarial
 training.
 
-**No official code to follow.** NeurAI-Lab/FOMO@7f20268 holds only README.md and a figure; its README describes
-another project's script (``LURE_main.py``, ``ALMA.py``, anytime learning with SNIP pruning, copied from
-NeurAI-Lab/LURE@04eb1ef). This procedure follows the paper's description (behaviour: paper), as far as it could be
+**No official code to follow, so no parity entry.** NeurAI-Lab/FOMO@7f20268 holds only README.md and a figure (in
+every one of its seven commits, 8295fe4 to 7f20268); its README describes another project's script
+(``LURE_main.py``, ``ALMA.py``, anytime learning with SNIP pruning, copied from NeurAI-Lab/LURE@04eb1ef), and no
+other public repository read here holds FOMO code (checked again for issue 18: repositories named like FOMO or
+NeurAI-Lab, and the paper's title and citation key in the code index). ``tests/parity/`` therefore has no FOMO case:
+there is no official loop to run beside it. This procedure follows the paper's description (behaviour: paper), as far as it could be
 read here (the abstract, the ICLR summary: "periodically reinitializing a random subset of weights in the later
 layers", "a consolidation step, employing a stable model with exponential moving average weights, ... after each
 relearning phase, acting as a long-term memory", "consistency regularization ... after each forgetting step,
