@@ -133,7 +133,9 @@ CASE = Case(
     official="fzjcdt/FastAT_Benchmark fast_at/n_fgsm.py + main.py@b99c0de",
     behaviour="code (EMA after every step over the whole state dict, BN statistics averaged, first update = θ₁, no "
               "decay warm-up; label-smoothed CE in the attack and the loss; OneCycleLR per epoch)",
-    by_design="the average's num_batches_tracked is copied (the official averages the counter as a float and "
+    by_design="weights and BN buffers columns: the worse of the training model (bit-identical) and the average "
+              "(the official exp_avg after the last step; its update rounds differently: (1 − τ)·θ + τ·θ̄ against "
+              "τ·θ̄ + (1 − τ)·θ); the average's num_batches_tracked is copied (the official averages the counter as a float and "
               "truncates it on loading; it is not compared); τ 0.8 instead of 0.9995 for the 20-step case; "
               "PreActResNet-18 width 4 instead of ResNet-18; noise drawn from robustrain's generator; box clip with "
               "robustrain's rounding; no best.pth choice between model and average (robustrain: use_for)",
