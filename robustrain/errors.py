@@ -78,11 +78,3 @@ def unknown_key(key: Any, valid: Sequence[str], where: str | None = None, owner:
         + (f"; did you mean {prefix + hint!r}?" if hint else ".")
         + f" Valid keys{' of ' + where if where and not owner else ''}: {', '.join(valid) or 'none'}."
     )
-
-
-closest = suggestion  # the names used before robustrain.registry.Registry
-
-
-def unknown_name(kind: str, name: str, choices: Iterable[str]) -> UnknownNameError:
-    """:func:`unknown_choice` with the choices sorted."""
-    return unknown_choice(kind, name, sorted(choices))

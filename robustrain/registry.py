@@ -179,27 +179,6 @@ def _where(entry: Any) -> str:
     return f"{getattr(entry, '__module__', '?')}.{getattr(entry, '__qualname__', repr(entry))}"
 
 
-# -- the functions the plain-dict registries used (kept for code written against them) -----------------------
-def check_options(kind: str, registry: Mapping[str, Any], name: str, options: Mapping[str, Any],
-                  where: str | None = None, hidden: tuple[str, ...] = ()) -> list[str]:
-    """Raise for an unknown ``name`` or option of ``registry``; return the valid option names."""
-    reg = registry if isinstance(registry, Registry) else _adhoc(kind, registry)
-    return list(reg.check(name, options, where, hidden))
-
-
-def build(kind: str, registry: Mapping[str, Any], name: str, *args: Any, **options: Any) -> Any:
-    """A fresh ``registry[name](*args, **options)`` after :func:`check_options`."""
-    reg = registry if isinstance(registry, Registry) else _adhoc(kind, registry)
-    return reg.build(name, *args, **options)
-
-
-def _adhoc(kind: str, entries: Mapping[str, Any]) -> Registry:
-    reg: Registry = Registry(kind)
-    for name, entry in entries.items():
-        reg.register(entry, name=name)
-    return reg
-
-
 def import_callable(spec: str, where: str, example: str) -> Any:
     """The callable ``module:attribute`` names (``attribute`` may be dotted), imported and never evaluated; the
     current folder is importable. ``where`` names the setting in errors (``--model``, ``data.name =``), ``example``
