@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pytest
 import torch
 
@@ -359,6 +360,16 @@ EVAL = [
      ("'digitz'", "digits")),
     ("out_is_a_file", ("run", "--attack", "pgd", "--steps", "1", "--n-ex", "5", "--out", "afile"),
      ("'afile'", "is a file")),
+    ("data_option_without_value", ("--model", "facts:digits_cnn", "--eps", "0.1", "--dataset", "digits",
+                                   "--data-option", "num_classes"), ("--data-option 'num_classes'", "KEY=VALUE")),
+    ("data_option_bad_yaml", ("--model", "facts:digits_cnn", "--eps", "0.1", "--dataset", "digits",
+                              "--data-option", "num_classes=[10"), ("--data-option 'num_classes=[10'", "not valid YAML",
+                                                                    "quote it")),
+    ("data_option_unknown", ("--model", "facts:digits_cnn", "--eps", "0.1", "--dataset", "npz", "--data-root",
+                             "npzdata", "--data-option", "num_class=10"),
+     ("'data.options.num_class'", "did you mean 'data.options.num_classes'")),
+    ("data_option_unknown_for_the_run", ("run", "--data-option", "num_classes=10"),
+     ("'data.options.num_classes'", "dataset 'digits'", "Valid keys")),
 ]
 FACTS = '''import torch
 from torch import nn
@@ -385,6 +396,8 @@ def _eval_setup(ws: Path) -> None:
     (ws / "explodes.py").write_text("1 / 0\n")
     (ws / "afile").write_text("x")
     torch.save([1, 2, 3], ws / "list.pt")
+    (ws / "npzdata").mkdir()
+    np.savez(ws / "npzdata" / "test.npz", x=np.zeros((4, 8, 8), np.uint8), y=np.arange(4))
     sys.modules.pop("facts", None)
     sys.modules.pop("explodes", None)
 

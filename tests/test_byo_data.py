@@ -135,6 +135,31 @@ def test_npz_trains_and_evaluates(tmp_path: Path) -> None:
     assert ds.num_classes == 4
 
 
+@pytest.mark.filterwarnings("ignore:.*near chance")
+def test_eval_model_passes_data_options_to_the_reader(tmp_path: Path, monkeypatch, capsys) -> None:
+    """``robustrain eval --model ... --data-option KEY=VALUE``: the dataset reader gets its options (data.options). A
+    test split whose labels stop at 4 has 5 classes unless ``num_classes`` says 10, so a 10-class model is refused
+    without the option and evaluated with it; the report records the options."""
+    import json
+
+    from robustrain.cli import main
+
+    root = tmp_path / "npz"
+    root.mkdir()
+    x, y = _images(12, 5, np.random.default_rng(0))
+    np.savez(root / "test.npz", x=x, y=y)
+    (tmp_path / "ten.py").write_text("from torch import nn\n\ndef build():\n    return nn.Sequential(nn.Flatten(), "
+                                     "nn.Linear(3 * 8 * 8, 10))\n")
+    monkeypatch.chdir(tmp_path)
+    common = ["eval", "--model", "ten:build", "--dataset", "npz", "--data-root", str(root), "--eps", "0.05",
+              "--attack", "pgd", "--steps", "1", "--restarts", "1", "--no-progress", "--out", "out"]
+    assert main(common) == 2
+    assert "expected (batch, 5) logits" in capsys.readouterr().err
+    assert main([*common, "--data-option", "num_classes=10"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["n_ex"] == 12 and report["data"]["options"] == {"num_classes": 10}
+
+
 def test_npz_channels_last_and_errors(tmp_path: Path) -> None:
     root = _npz(tmp_path / "a", grey=False)
     assert load_dataset("npz", root, "train").image_shape == (1, 8, 8)  # N x H x W x 1

@@ -6,6 +6,7 @@ import contextlib
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError
 from ..evaluation.backends import BACKENDS
@@ -31,6 +32,9 @@ def add_arguments(e: argparse.ArgumentParser) -> None:
                    help="for --model robustbench:NAME, robustbench's model folder (<dataset>/<Linf|L2>/NAME.pt; "
                         "default ./models, as robustbench)")
     e.add_argument("--dataset", default="cifar10", help="dataset for --model (default cifar10)")
+    e.add_argument("--data-option", action="append", metavar="KEY=VALUE",
+                   help="a reader option of the dataset (data.options; VALUE is YAML), e.g. --data-option image_size=32 "
+                        "for --dataset folder; repeatable. With a run it replaces or adds to the run's data.options")
     e.add_argument("--norm", choices=["linf", "l2", "l1"], help="threat model (default: the run's, else linf)")
     e.add_argument("--version", default="standard", choices=["standard", "plus", "rand"], help="AutoAttack version")
     e.add_argument("--backend", choices=list(BACKENDS),
@@ -63,6 +67,24 @@ def check_arguments(args: argparse.Namespace) -> None:
         check_device(args.device, "--device")
     if args.attack is not None and not any(a.strip() for a in args.attack.split(",")):
         raise ConfigError(f"--attack {args.attack!r}: expected comma-separated attack names, e.g. pgd,autoattack.")
+
+
+def data_options(items: list[str] | None) -> dict[str, Any]:
+    """``--data-option KEY=VALUE`` (repeated) as the dict ``data.options`` would hold (values parsed as YAML)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--data-option {item!r}: expected KEY=VALUE, a reader option of the dataset "
+                              "(data.options), e.g. --data-option image_size=32 for --dataset folder.")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--data-option {item!r}: the value is not valid YAML ({str(e).splitlines()[0]}); "
+                              "quote it, e.g. --data-option 'key=\"a: b\"'.") from e
+    return out
 
 
 def _sections(args: argparse.Namespace, known: dict[str, dict], names: list[str], norm: str) -> dict[str, dict]:
@@ -111,6 +133,7 @@ def _evaluate(args: argparse.Namespace, is_main: bool) -> int:
         raise ConfigError("robustrain eval: give a run folder or checkpoint, or --model module:factory --weights FILE.")
     if args.model is not None and args.target is not None:
         raise ConfigError(f"robustrain eval: got both a target ({args.target!r}) and --model; give one of them.")
+    options = data_options(getattr(args, "data_option", None))
     names = ["clean"] + [a.strip().lower() for a in (args.attack or DEFAULT_ATTACKS).split(",") if a.strip()]
     names = list(dict.fromkeys(names))
     if args.eps is not None and not args.eps:
@@ -124,16 +147,17 @@ def _evaluate(args: argparse.Namespace, is_main: bool) -> int:
                                   "--weights and --split.")
             target = load_robustbench_target(args.model[len(ROBUSTBENCH):], model_dir=args.model_dir,
                                              dataset=args.dataset, norm=args.norm or "linf", data_root=args.data_root,
-                                             device=args.device, n_ex=args.n_ex, batch_size=args.batch_size or 500)
+                                             device=args.device, n_ex=args.n_ex, batch_size=args.batch_size or 500,
+                                             data_options=options)
         else:
             target = load_factory_target(args.model, args.weights, dataset=args.dataset, split=args.split,
                                          data_root=args.data_root, device=args.device, n_ex=args.n_ex,
-                                         batch_size=args.batch_size or 500)
+                                         batch_size=args.batch_size or 500, data_options=options)
     else:
         target = load_run_target(Path(args.target), checkpoint=args.checkpoint, split=args.split,
                                  data_root=args.data_root, device=args.device, n_ex=args.n_ex,
                                  batch_size=args.batch_size, eps=None if args.eps is None else max(args.eps),
-                                 norm=args.norm)
+                                 norm=args.norm, data_options=options)
     norm = args.norm or target.norm or "linf"
     radii = args.eps if args.eps is not None else [target.eps]
     for eps in radii:

@@ -41,8 +41,9 @@ def _examples(ds, n_ex: int | None, batch_size: int, device: torch.device) -> tu
 
 def load_run_target(target: Path, *, checkpoint: str, split: str, data_root: str | None, device: str | None,
                     n_ex: int | None, batch_size: int | None, eps: float | None,
-                    norm: str | None = None) -> Target:
-    """A robustrain run folder (its ``best.pt`` or ``last.pt``) or checkpoint file, on its own dataset."""
+                    norm: str | None = None, data_options: dict[str, Any] | None = None) -> Target:
+    """A robustrain run folder (its ``best.pt`` or ``last.pt``) or checkpoint file, on its own dataset
+    (``data_options``: reader options that replace or add to the run's ``data.options``)."""
     from ..config import from_dict, validate
     from ..build import AMP, build_data, build_model, resolve_device
     from ..training.checkpoint import load_checkpoint
@@ -55,6 +56,8 @@ def load_run_target(target: Path, *, checkpoint: str, split: str, data_root: str
     cfg = from_dict(ckpt["config"])
     if data_root is not None:
         cfg.data.root = data_root
+    if data_options:
+        cfg.data.options = {**(cfg.data.options or {}), **data_options}
     cfg.data.device = device or cfg.data.device
     if eps is not None:
         from ..threat import check_radius
@@ -81,7 +84,8 @@ def load_run_target(target: Path, *, checkpoint: str, split: str, data_root: str
     return Target(model, x, y, data.info.num_classes, cfg.threat.norm, cfg.threat.eps, sections,
                   {"source": "robustrain checkpoint", "name": cfg.name, "path": str(path), "architecture": cfg.model.name,
                    "epoch": ckpt.get("trainer", {}).get("epoch"), "weights": ckpt.get("eval_weights") or "training"},
-                  {"dataset": cfg.data.name, "split": split, "indices": f"first {x.shape[0]}"},
+                  {"dataset": cfg.data.name, "split": split, "indices": f"first {x.shape[0]}",
+                   **({"options": dict(cfg.data.options)} if cfg.data.options else {})},
                   target if target.is_dir() else target.parent, ckpt.get("trainer", {}).get("epoch"), AMP[cfg.train.amp])
 
 
@@ -125,8 +129,10 @@ def load_state_dict_file(path: Path, device: torch.device) -> dict:
 
 
 def load_factory_target(spec: str, weights: str | None, *, dataset: str, split: str, data_root: str | None,
-                        device: str | None, n_ex: int | None, batch_size: int) -> Target:
-    """``module:factory`` called without arguments, ``weights`` loaded into it, on ``dataset``'s ``split``."""
+                        device: str | None, n_ex: int | None, batch_size: int,
+                        data_options: dict[str, Any] | None = None) -> Target:
+    """``module:factory`` called without arguments, ``weights`` loaded into it, on ``dataset``'s ``split``
+    (``data_options``: the dataset reader's options, as ``data.options``)."""
     from ..data import load_dataset
     from ..build import resolve_device
     from ..evaluation.report import file_sha256
@@ -151,17 +157,19 @@ def load_factory_target(spec: str, weights: str | None, *, dataset: str, split: 
             raise CheckpointError(f"--weights {weights!r} do not fit {spec!r}: {str(e)[:300]}") from e
         info.update(weights=str(weights), weights_sha256=file_sha256(weights))
     return _on_test_split(model, spec, info, dataset=dataset, data_root=data_root, device=dev, n_ex=n_ex,
-                          batch_size=batch_size)
+                          batch_size=batch_size, data_options=data_options)
 
 
 def _on_test_split(model: nn.Module, spec: str, info: dict[str, Any], *, dataset: str, data_root: str | None,
-                   device: torch.device, n_ex: int | None, batch_size: int) -> Target:
-    """``model`` (any nn.Module: inputs in [0,1], normalisation inside) on the first ``n_ex`` test examples."""
+                   device: torch.device, n_ex: int | None, batch_size: int,
+                   data_options: dict[str, Any] | None = None) -> Target:
+    """``model`` (any nn.Module: inputs in [0,1], normalisation inside) on the first ``n_ex`` test examples of
+    ``dataset`` read with the reader options ``data_options``."""
     from ..data import load_dataset
 
     dev = device
     model = model.to(dev).eval()  # RobustBench convention; the official AutoAttack forgets this
-    ds = load_dataset(dataset, data_root, "test")
+    ds = load_dataset(dataset, data_root, "test", options=data_options)
     x, y = _examples(ds, n_ex, batch_size, dev)
     from ..guards import eval_mode
 
@@ -175,7 +183,8 @@ def _on_test_split(model: nn.Module, spec: str, info: dict[str, Any], *, dataset
         raise ConfigError(f"--model {spec!r} returns outputs of shape {tuple(out.shape)} for {dataset}; expected "
                           f"(batch, {ds.num_classes}) logits.")
     return Target(model, x, y, ds.num_classes, None, None, {}, info,
-                  {"dataset": ds.name, "split": "test", "indices": f"first {x.shape[0]}"})
+                  {"dataset": ds.name, "split": "test", "indices": f"first {x.shape[0]}",
+                   **({"options": dict(data_options)} if data_options else {})})
 
 
 # -- RobustBench's model zoo -----------------------------------------------------------------------------------
@@ -227,7 +236,8 @@ def robustbench_checkpoint(name: str, model_dir: str | Path, dataset: str, threa
 
 
 def load_robustbench_target(name: str, *, model_dir: str, dataset: str, norm: str, data_root: str | None,
-                            device: str | None, n_ex: int | None, batch_size: int) -> Target:
+                            device: str | None, n_ex: int | None, batch_size: int,
+                            data_options: dict[str, Any] | None = None) -> Target:
     """Model ``name`` of RobustBench's zoo for ``dataset`` and the ``norm`` threat model, loaded by
     ``robustbench.utils.load_model`` from ``model_dir`` (its layout: ``<dataset>/<Linf|L2>/<name>.pt``), on the
     test split. A checkpoint missing from ``model_dir`` is an error that says where to put it (robustbench would
@@ -266,7 +276,8 @@ def load_robustbench_target(name: str, *, model_dir: str, dataset: str, norm: st
             "checkpoint": str(path), "weights_sha256": file_sha256(path),
             "robustbench": getattr(importlib.import_module("robustbench"), "__version__", None) or _dist_version()}
     return _on_test_split(model, f"robustbench:{name}", info, dataset=dataset, data_root=data_root,
-                          device=resolve_device(device or "auto"), n_ex=n_ex, batch_size=batch_size)
+                          device=resolve_device(device or "auto"), n_ex=n_ex, batch_size=batch_size,
+                          data_options=data_options)
 
 
 def _dist_version() -> str | None:
