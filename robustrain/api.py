@@ -32,6 +32,23 @@ __all__ = ["build_attack", "evaluate", "list_recipes", "load_model", "train"]
 NAMED_SECTIONS = ("attack", "objective", "weight_perturbation", "validation.attack", "eval.attack")
 
 
+TRAIN_DATA = ("rt.train reads its data from the config's data section (data={'name': ..., 'root': ...}: a bundled "
+              "dataset, 'folder', 'npz', 'torchvision:<Class>', or your own reader as 'module:function'; README, "
+              "Data); it takes no DataLoader or dataset object. To train on your own DataLoader, give it to "
+              "robustrain.training.Trainer (train_loader=..., val_loader=...), or to robustrain.build.build_trainer "
+              "as a robustrain.build.Data.")
+
+
+def _not_a_value(where: str, value: Any,
+                 expected: str = "a config value (numbers, strings, lists and dicts)") -> "Exception":
+    """The error for an object that is no config value (a DataLoader, a dataset, a tensor ...)."""
+    from .errors import ConfigError
+
+    what = type(value).__name__
+    loader = isinstance(value, Iterable) or hasattr(value, "__getitem__")
+    return ConfigError(f"{where} is a {what}, not {expected}" + (f". {TRAIN_DATA}" if loader else "."))
+
+
 def _overrides(values: Mapping[str, Any], prefix: str = "") -> list[str]:
     """``{"train": {"epochs": 3}, "name": "x"}`` -> ``["train.epochs=3", 'name="x"']`` (values as JSON, which is
     YAML, so they parse back exactly); a dataclass section merges key by key."""
@@ -41,7 +58,10 @@ def _overrides(values: Mapping[str, Any], prefix: str = "") -> list[str]:
         if isinstance(value, Mapping) and value and not (path in NAMED_SECTIONS and "name" in value):
             out += _overrides(value, path + ".")
         else:
-            out.append(f"{path}={json.dumps(value)}")
+            try:
+                out.append(f"{path}={json.dumps(value)}")
+            except (TypeError, ValueError):
+                raise _not_a_value(f"rt.train: {path}=", value) from None
     return out
 
 
@@ -60,7 +80,8 @@ def _config(config: Any, overrides: Sequence[str]):
                               "name instead, or give the merged keys.")
     else:
         raise ConfigError(f"config must be a recipe path or name, a dict, a robustrain Config or None; got "
-                          f"{type(config).__name__}.")
+                          f"{type(config).__name__}."
+                          + (f" {TRAIN_DATA}" if isinstance(config, Iterable) or hasattr(config, "__getitem__") else ""))
     for item in overrides:
         keys, value = parse_override(item)
         merge_override(data, keys, value)
@@ -81,6 +102,13 @@ def train(config: Any = None, *overrides: str, run_dir: str | Path | None = None
         values: more overrides as keywords, nested sections as dicts: ``train={"epochs": 3}``, ``name="try1"``,
             ``data={"name": "folder", "root": "images"}``.
 
+    Data: the config's ``data`` section names the dataset (a bundled one, ``folder``, ``npz``,
+    ``torchvision:<Class>``, or a reader of your own as ``"module:function"``, see README "Data"), so the run
+    folder's ``config.yaml`` says what was trained on and ``--resume`` reads the same data. ``rt.train`` takes no
+    ``DataLoader`` or dataset object (a ConfigError says so); to train on your own DataLoaders, give them to
+    :class:`robustrain.training.Trainer` (``train_loader``, ``val_loader``), or wrap them in a
+    :class:`robustrain.build.Data` for :func:`robustrain.build.build_trainer`.
+
     Returns:
         The run's summary (as ``summary.json``): ``test`` (one row per checkpoint: clean and robust accuracy as
         fractions), ``history`` (per-epoch validation), ``train_seconds``, ..., and ``run_dir``.
@@ -94,6 +122,10 @@ def train(config: Any = None, *overrides: str, run_dir: str | Path | None = None
     from .distributed import init_from_env, teardown
     from .run import run_training
 
+    for i, item in enumerate(overrides):
+        if not isinstance(item, str):
+            raise _not_a_value(f"rt.train: positional argument {i + 2}", item,
+                               'an override string such as "train.epochs=3"')
     cfg = _config(config, [*overrides, *_overrides(values)])
     folder = Path(run_dir) if run_dir is not None else Path(cfg.out_dir) / cfg.name
     init_from_env(cfg.data.device)

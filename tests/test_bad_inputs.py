@@ -580,6 +580,23 @@ case("api-run_training_dir_is_file", lambda ws: __import__("robustrain.run", fro
     api=True, setup=_write("afile", "x"))
 
 
+def _loader():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    return DataLoader(TensorDataset(_x(), Y4), batch_size=2)
+
+
+# rt.train reads its data from the config; a DataLoader (or another object) is refused with the way to train on one
+case("api-train_loader_as_keyword", lambda ws: __import__("robustrain").train(QUICK, *TINY, train_loader=_loader()),
+     "rt.train: train_loader= is a DataLoader", "robustrain.training.Trainer", "data={'name'", api=True)
+case("api-train_loader_positional", lambda ws: __import__("robustrain").train(QUICK, _loader()),
+     "positional argument 2", "DataLoader", "not an override string", "robustrain.training.Trainer", api=True)
+case("api-train_loader_as_config", lambda ws: __import__("robustrain").train(_loader()),
+     "got DataLoader", "robustrain.training.Trainer", api=True)
+case("api-train_tensor_as_value", lambda ws: __import__("robustrain").train(QUICK, *TINY, seed=torch.tensor(3)),
+     "rt.train: seed= is a Tensor", "not a config value", api=True)
+
+
 # evaluation state files edited between runs
 def _state_case(edit: Callable[[dict], None]):
     """An interrupted evaluation's state file, edited; rerunning the same command must refuse it."""
