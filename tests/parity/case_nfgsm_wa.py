@@ -120,6 +120,7 @@ def run():
                      hints=hints, extra={"averaged_weights": avg_w, "averaged_buffers": avg_b,
                                          "average_vs_training": spread})
     # the row's values: the worse of the training and the averaged tensors
+    result.extra.update(training_weights=result.weights, training_buffers=result.buffers)
     if avg_w > result.weights:
         result.weights, result.weights_key = avg_w, f"average: {avg_wk}"
     if avg_b > result.buffers:
