@@ -48,11 +48,17 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
-def procedure_label(cfg: dict) -> str:
+def procedure_label(cfg: dict, base: dict | None = None) -> str:
+    """The run's procedures ("none" without), preceded by its training attack where that differs from ``base``'s
+    (the baseline's config; e.g. BETA-AT against PGD-AT)."""
     procs = cfg.get("procedures") or []
-    if not procs:
-        return "none"
-    return "; ".join(p["name"] + "(" + ", ".join(f"{k}={v}" for k, v in p.items() if k != "name") + ")" for p in procs)
+    label = "; ".join(p["name"] + "(" + ", ".join(f"{k}={v}" for k, v in p.items() if k != "name") + ")"
+                      for p in procs) or "none"
+    a = cfg.get("attack") or {}
+    if base is not None and a != base.get("attack"):
+        label = (f"attack {a.get('name')}(" + ", ".join(f"{k}={v}" for k, v in a.items() if k != "name" and v is not None)
+                 + ")" + ("" if label == "none" else f"; {label}"))
+    return label
 
 
 def commit_of(run: Run) -> str:
@@ -82,7 +88,7 @@ def markdown(groups: dict[str, list[Run]], title: str, command: str) -> str:
         "run validates and tests its averaged weights (column weights)",
         f"- seeds per method: {', '.join(str(len(r)) for r in groups.values())}; mean ± sample sd over seeds", "",
         "## Mean over seeds (%)", "",
-        "| method | procedure | weights | best val PGD | best epoch | last val PGD | test robust best | test robust "
+        "| method | procedure (training attack where not the baseline's) | weights | best val PGD | best epoch | last val PGD | test robust best | test robust "
         "last | test clean best | test clean last |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -93,7 +99,7 @@ def markdown(groups: dict[str, list[Run]], title: str, command: str) -> str:
             vals = [n[k] for n in ns if k in n]
             return mean_sd(vals) if vals else "–"
 
-        lines.append(f"| {method} | {procedure_label(runs[0].config)} | {ns[0].get('weights', '–')} | {col('best_val')} | "
+        lines.append(f"| {method} | {procedure_label(runs[0].config, first)} | {ns[0].get('weights', '–')} | {col('best_val')} | "
                      f"{col('best_epoch')} | {col('last_val')} | {col('test_best')} | {col('test_last')} | "
                      f"{col('clean_best')} | {col('clean_last')} |")
     lines += ["", "## Every run (%)", "",
@@ -123,6 +129,7 @@ def mean_curve(runs: list[Run], key: str) -> list[float]:
 
 def plot(groups: dict[str, list[Run]], path: Path, title: str) -> None:
     plt = pyplot()
+    base = next(iter(groups.values()))[0].config
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     for i, (method, runs) in enumerate(groups.items()):
         colour = plt.get_cmap("tab10")(i)
@@ -133,7 +140,7 @@ def plot(groups: dict[str, list[Run]], path: Path, title: str) -> None:
                 ax.plot(range(1, len(ys) + 1), [100 * y for y in ys], "-", color=colour, alpha=0.25, lw=1)
             ys = mean_curve(runs, key)
             ax.plot(range(1, len(ys) + 1), [100 * y for y in ys], "-o", ms=3, color=colour,
-                    label=f"{method}: {procedure_label(runs[0].config)} ({len(runs)} seeds)")
+                    label=f"{method}: {procedure_label(runs[0].config, base)} ({len(runs)} seeds)")
             ax.set_title(label + " (mean over seeds; seeds faint)", fontsize=10)
             ax.set_xlabel("epoch")
             ax.set_ylabel("accuracy (%)")
