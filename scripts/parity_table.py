@@ -111,7 +111,7 @@ def main() -> int:
         "counters must be equal). *Weights*: the parameters. *Buffers*: BatchNorm running means, variances and "
         "counters.",
         "* **free-running**: both loops train independently; the value is that of the final weights. All free-running "
-        "rows here train bit-identical weights (0; `cifar10_nfgsm_wa`'s non-zero values are those of its weight "
+        "rows here train bit-identical weights (0; the `*_wa` rows' non-zero values are those of their weight "
         "average, whose update the official code writes as (1 − τ)·θ + τ·θ̄, robustrain as τ·θ̄ + (1 − τ)·θ, equal "
         "to rounding): a single-step attack turns a one-ulp input difference into a different "
         "pixel, which a width-4 network amplifies to 1e-2 within four steps, so the loops are written to perform the "

@@ -30,9 +30,10 @@ The common adversarial-training codes, read (never copied):
   training model after each epoch (``update_bn``). That is ``ramp: true, warmup_steps: W − 1, buffers: copy`` here
   (for an integer W ≥ 1).
 
-Parity: ``tests/parity/case_nfgsm_wa.py`` runs ``configs/cifar10_nfgsm_wa.yaml`` beside a transcription of the
-FastAT_Benchmark loop and its ``exp_avg`` update (``results/parity/official_recipes.md``): the averaged weights and
-BatchNorm statistics agree to rounding; the one difference, by design, is ``num_batches_tracked`` (copied here).
+Parity: ``tests/parity/case_nfgsm_wa.py`` and ``case_pgd_at_wa.py`` run ``configs/cifar10_{nfgsm,pgd_at}_wa.yaml``
+beside a transcription of the FastAT_Benchmark loop and its ``exp_avg`` update (``tests/parity/fastat.py``;
+``results/parity/official_recipes.md``): the averaged weights and BatchNorm statistics agree to rounding; the one
+difference, by design, is ``num_batches_tracked`` (copied here).
 """
 from __future__ import annotations
 
