@@ -13,6 +13,12 @@ alike); the timing helpers are those of :mod:`robustrain.benchmarking`:
    locuslab/robust_overfitting's ``train_cifar.py`` (each attack step a full ``loss.backward()``), eager and on
    ``torch.compile(model)``, against ``PGDTrainer.train_step`` eager and compiled.
 
+Every contender runs on the model as ``create_model`` builds it by default (contiguous) and, unless
+``--no-channels-last``, also on a ``channels_last`` copy (``create_model(channels_last=True)``, the config's
+``model.channels_last: true``; the batch stays contiguous, as the loader serves it), the hand-written loops included,
+so the table separates what the layout gives any loop from what robustrain's step adds. The speed-ups are always
+against the hand-written loops on the contiguous model, as the reference code runs them.
+
 Reported per contender: median seconds per step, images/s, and the paired per-repeat speed-ups against the eager
 hand-written step and against the compiled hand-written step (median [min, max]). Targets (issue 19): FGSM-RS
 compiled ≥ 1.5× and eager ≥ 1.25× the hand-written step; PGD-10 compiled ≥ 2.0×.
@@ -42,18 +48,28 @@ from robustrain.training import FGSMTrainer, LRSchedule, PGDTrainer
 TARGETS = {"fgsm_rs": {"robustrain eager": 1.25, "robustrain compiled": 1.5}, "pgd10": {"robustrain compiled": 2.0}}
 
 
+def target_of(group: str, name: str) -> float | None:
+    """The issue-19 target of a contender (the same for both layouts of robustrain's step)."""
+    return TARGETS[group].get(name.removesuffix(", channels_last"))
+
+
 def contenders(args, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                group: str) -> dict[str, Callable[[], object]]:
     threat = make_threat("linf", EPS)
     out: dict[str, Callable[[], object]] = {}
     hand_fn = handwritten_fgsm_step if group == "fgsm_rs" else handwritten_pgd_step
-    for name, compiled in (("hand-written eager", False), ("hand-written compiled", True)):
+    layouts = ("contiguous", "channels_last") if args.channels_last else ("contiguous",)
+    for layout, who, compiled in [(layout, who, compiled) for who in ("hand-written", "robustrain")
+                                  for layout in layouts for compiled in (False, True)]:
+        name = f"{who} {'compiled' if compiled else 'eager'}" + ("" if layout == "contiguous" else f", {layout}")
         m = copy.deepcopy(model).train()
-        opt = sgd(m)
-        fwd = torch.compile(m) if compiled else m
-        out[name] = (lambda f, o: lambda: hand_fn(f, o, x, y))(fwd, opt)
-    for name, compiled in (("robustrain eager", False), ("robustrain compiled", True)):
-        m = copy.deepcopy(model).train()
+        if layout == "channels_last":  # what create_model(channels_last=True) (model.channels_last: true) does
+            m = m.to(memory_format=torch.channels_last)
+        if who == "hand-written":
+            opt = sgd(m)
+            fwd = torch.compile(m) if compiled else m
+            out[name] = (lambda f, o: lambda: hand_fn(f, o, x, y))(fwd, opt)
+            continue
         schedule = LRSchedule("constant", 0.01, total_steps=10**9, steps_per_epoch=1)
         kw = dict(epochs=1, seed=args.seed, compile=compiled, attack_kwargs={"compile": compiled})
         if group == "fgsm_rs":
@@ -76,6 +92,8 @@ def speedups(times: dict[str, list[float]], base: str) -> dict[str, dict]:
 def main(argv: list[str] | None = None) -> int:
     p = step_benchmark_parser(__doc__, warmup=2)
     p.add_argument("--only", choices=("fgsm_rs", "pgd10"), default=None)
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                   help="time the contiguous models only (default: also every contender on a channels_last model)")
     p.add_argument("--pgd-repeats", type=int, default=None, help="PGD-10 repeats (default: --repeats)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -91,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
              f"PreActResNet-18 width {args.width}, batch {args.batch} "
              f"({'CIFAR-10 training images' if args.data_root else 'uniform random images'}), SGD lr 0.01 momentum 0.9 "
              f"wd 5e-4, {args.warmup} untimed warm-up steps per contender (the compilation happens there). Speed-up = "
-             "paired per-repeat ratio hand-written time / contender time, median [min, max].", ""]
+             "paired per-repeat ratio hand-written time (contiguous model) / contender time, median [min, max]. "
+             "`, channels_last`: the contender on a channels_last copy of the model (`model.channels_last: true`), "
+             "the batch contiguous.", ""]
     result, all_times = {}, {}
     t0 = time.perf_counter()
     for group in ("fgsm_rs", "pgd10"):
@@ -109,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                   "|---|---|---|---|---|---|"]
         for name, ts in times.items():
             med = statistics.median(ts)
-            target = TARGETS[group].get(name)
+            target = target_of(group, name)
             met = "" if target is None else f"≥ {target:.2f}× " + ("✓" if eager[name]["median"] >= target else "✗")
             lines.append(f"| {name} | {med:.3f} | {args.batch / med:.0f} | {eager[name]['median']:.2f} "
                          f"[{eager[name]['min']:.2f}, {eager[name]['max']:.2f}] | {comp[name]['median']:.2f} "
