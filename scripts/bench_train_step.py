@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", choices=("fgsm_rs", "pgd10"), default=None)
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    help="time the contiguous models only (default: also every contender on a channels_last model)")
+    p.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
+                   help="before each repeat wait up to SECONDS until other processes use < 0.1 core (a shared "
+                        "machine); every repeat records the CPU other processes used during it either way")
     p.add_argument("--pgd-repeats", type=int, default=None, help="PGD-10 repeats (default: --repeats)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -119,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         repeats = args.pgd_repeats or args.repeats if group == "pgd10" else args.repeats
         times, others = run_interleaved(contenders(args, model, x, y, group), args.warmup, repeats, group,
-                                        progress=True)
+                                        args.wait_idle, progress=True)
         eager, comp = speedups(times, "hand-written eager"), speedups(times, "hand-written compiled")
         result[group] = {"repeats": repeats, "other_process_cores": others, "vs_eager": eager, "vs_compiled": comp}
         all_times[group] = times
