@@ -112,6 +112,13 @@ def test_unsupported_settings_name_the_official_backend(trained_digits_model, da
     rand = autoattack_stages("rand", 10)[0]
     with pytest.raises(ConfigError, match="EOT"):
         make_backend("fast").perturb(trained_digits_model, rand, x, y, norm="linf", eps=EPS, seed=0)
+    spy = []
+    plan = EvalPlan(make_threat("l2", 0.5), attacks=["clean", "autoattack"], backend="fast", aa_steps=2)
+    with pytest.MonkeyPatch.context() as mp:  # refused when the stages are built, before APGD runs
+        mp.setattr(fa, "apgd", lambda *a, **k: spy.append(1))
+        with pytest.raises(ConfigError, match="no fab-t for the l2 threat model"):
+            evaluate_robustness(trained_digits_model, x, y, plan, num_classes=10)
+    assert spy == []
 
 
 def official_standard(model, x, y, *, eps, batch_size):

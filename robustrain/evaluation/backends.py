@@ -175,13 +175,25 @@ class FastBackend:
     def version(self) -> str | None:
         return "robustrain"
 
+    SUPPORTED = {"apgd": ("linf", "l2"), "apgd-t": ("linf", "l2"), "fab-t": ("linf",), "square": ("linf",)}
+    """The components here, with the threat models each supports."""
+
+    def check(self, spec, norm: str) -> None:
+        """ConfigError unless this backend runs ``spec`` under ``norm`` (called when the stages are built)."""
+        s = spec.settings
+        if spec.kind not in self.SUPPORTED or norm not in self.SUPPORTED[spec.kind]:
+            have = "; ".join(f"{k}: {'/'.join(v)}" for k, v in self.SUPPORTED.items())
+            raise ConfigError(f"--backend fast has no {spec.name} for the {norm} threat model (it has {have}); use "
+                              "--backend autoattack (the official code).")
+        if s.get("eot_iter", 1) != 1 or s.get("largereps", False) or (spec.kind == "fab-t" and s["restarts"] != 1):
+            raise ConfigError(f"--backend fast: {spec.name} with EOT, the L1 ε schedule or FAB restarts is not "
+                              "implemented; use --backend autoattack (the official code).")
+
     def perturb(self, model: nn.Module, spec, x: Tensor, y: Tensor, *, norm: str, eps: float, seed: int) -> Tensor:
         from . import fast_autoattack as fa
 
+        self.check(spec, norm)
         s = spec.settings
-        if s.get("eot_iter", 1) != 1 or s.get("largereps", False):
-            raise ConfigError(f"--backend fast: {spec.name} with EOT or the L1 ε schedule is not implemented; use "
-                              "--backend autoattack.")
         common = {"norm": norm, "eps": eps, "seed": seed}
         with torch.random.fork_rng(devices=_rng_devices(x)):
             if spec.kind == "apgd":

@@ -62,6 +62,9 @@ def _attack_stage(name: str, section: dict, plan: EvalPlan) -> Stage:
 
 
 def _component_stage(spec: StageSpec, name: str, group: str, after: str, backend, plan: EvalPlan) -> Stage:
+    check = getattr(backend, "check", None)  # a backend that lacks some settings says so before any stage runs
+    if check is not None:
+        check(spec, plan.threat.norm)
     def runner(model, x, y, b):
         return backend.perturb(model, spec, x, y, norm=plan.threat.norm, eps=plan.threat.eps, seed=plan.seed)
 
