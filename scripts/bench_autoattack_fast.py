@@ -45,11 +45,11 @@ from robustrain.threat import make_threat
 from robustrain.training import FGSMTrainer, LRSchedule, PGDTrainer
 
 MODELS = {
-    "mnist_cnn_pgd": {"data": "mnist", "arch": {"width": 16, "hidden": 100, "input_size": 28, "in_channels": 1},
-                      "train": "pgd", "eps": 0.3, "subset": 60000, "epochs": 3, "lr": 0.05},
-    "mnist_cnn_bn_fgsm": {"data": "mnist", "arch": {"width": 16, "hidden": 100, "input_size": 28, "in_channels": 1,
-                                                   "batchnorm": True},
-                          "train": "fgsm_rs", "eps": 0.1, "subset": 60000, "epochs": 3, "lr": 0.05},
+    "mnist_cnn_bn_pgd": {"data": "mnist", "arch": {"width": 16, "hidden": 100, "input_size": 28, "in_channels": 1,
+                                                  "batchnorm": True},
+                         "train": "pgd", "eps": 0.2, "subset": 30000, "epochs": 2, "lr": 0.05},
+    "mnist_cnn_fgsm": {"data": "mnist", "arch": {"width": 16, "hidden": 100, "input_size": 28, "in_channels": 1},
+                       "train": "fgsm_rs", "eps": 0.1, "subset": 60000, "epochs": 3, "lr": 0.05},
     "cifar_cnn_fgsm": {"data": "cifar10", "arch": {"width": 16, "hidden": 100, "input_size": 32, "in_channels": 3},
                        "train": "fgsm_rs", "eps": 2 / 255, "subset": 50000, "epochs": 8, "lr": 0.02},
 }
