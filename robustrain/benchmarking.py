@@ -14,7 +14,9 @@ Public API:
   :func:`summarise` (per-contender medians and paired ratios baseline / contender), :func:`paired_ratio_rows`
   (contender / base).
 * reports: :func:`step_benchmark_parser` (the options every per-step cost benchmark shares), :func:`ratio_rows`
-  (markdown rows of a paired-ratio table), :func:`write_report` (print; with ``--out`` write markdown + JSON).
+  (markdown rows of a paired-ratio table), :func:`write_report` (print; with ``--out`` write markdown + JSON),
+  :func:`stamp` (torch version, commit, command and date for a results file), :func:`publish` (write the JSON and
+  the rendered markdown where asked, print the markdown).
 """
 from __future__ import annotations
 
@@ -320,3 +322,19 @@ __all__ = [
     "load_avg", "load_batch", "machine", "paired_ratio_rows", "ratio_rows", "run_interleaved", "sgd",
     "step_benchmark_parser", "summarise", "sync", "write_report",
 ]
+
+
+def stamp() -> dict[str, Any]:
+    """What a results file must carry besides its figures: torch version, commit, the command's arguments, the date."""
+    return {"torch": torch.__version__, "git_commit": git_commit(), "argv": sys.argv,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def publish(out: dict, render: Callable[[dict], str], json_path: Path | None, md_path: Path | None) -> None:
+    """Write ``out`` as JSON to ``json_path`` and ``render(out)`` to ``md_path`` (each when given); print the markdown."""
+    if json_path:
+        Path(json_path).write_text(json.dumps(out, indent=2))
+    md = render(out)
+    if md_path:
+        Path(md_path).write_text(md)
+    print(md)

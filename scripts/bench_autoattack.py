@@ -27,8 +27,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import platform
 import statistics
 import sys
@@ -42,7 +40,7 @@ import torchattacks  # imported once here, so neither contender pays its ~5 s im
 from robustrain.config import parse_number
 from robustrain.data import BatchLoader, first_examples, load_dataset
 from robustrain.evaluation import EvalPlan, evaluate_robustness
-from robustrain.benchmarking import git_commit
+from robustrain.benchmarking import publish, stamp
 from robustrain.models import create_model
 from robustrain.threat import make_threat
 from robustrain.training import FGSMTrainer, LRSchedule
@@ -150,15 +148,9 @@ def main(argv=None) -> int:
         "summary": summary, "paired_ratio_torchattacks_over_robustrain": ratios, "runs": runs,
         "interleaving": f"chunks of {args.batch_size} images; per chunk both contenders, order alternating",
         "machine": f"{platform.processor() or platform.machine()}, 2-core CPU shared with other jobs (contended)",
-        "torch": torch.__version__, "git_commit": git_commit(), "argv": sys.argv,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **stamp(),
     }
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
-    md = render_md(out)
-    if args.md:
-        args.md.write_text(md)
-    print(md)
+    publish(out, render_md, args.json, args.md)
     return 0
 
 

@@ -25,8 +25,6 @@ Example (one thread, the load noted in the output):
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import platform
 import sys
@@ -36,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from robustrain.benchmarking import git_commit
+from robustrain.benchmarking import publish, stamp
 from robustrain.data import BatchLoader, first_examples, load_dataset
 from robustrain.evaluation import EvalPlan, evaluate_robustness
 from robustrain.evaluation.backends import import_official
@@ -200,15 +198,9 @@ def main(argv=None) -> int:
         "batch_size": args.batch_size, "threads": args.threads, "seed": args.seed, "models": out_models,
         "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()}-core CPU shared with other jobs",
-        "torch": torch.__version__, "git_commit": git_commit(), "argv": sys.argv,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **stamp(),
     }
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
-    md = render_md(out)
-    if args.md:
-        args.md.write_text(md)
-    print(md)
+    publish(out, render_md, args.json, args.md)
     return 0
 
 
