@@ -10,10 +10,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from conftest import KillAt
+from parity.case_cure import official_conserve, official_loss, official_revise  # NeurAI-Lab/CURE@03fe414, transcribed
 from robustrain.config import load_config
 from robustrain.errors import ConfigError
 from robustrain.training.procedures import build_procedure
@@ -83,25 +83,13 @@ def official_rgp_step(model, teacher, x, x_adv, y, opt, *, w_nat, w_rob, gamma, 
     t_nat = teacher(x).detach()
     out_adv = model(x_adv)
     t_adv = teacher(x_adv).detach()
-
-    def kl(s, t):
-        return F.kl_div(F.log_softmax(s, 1), F.softmax(t, 1), reduction="sum") * 1.0 / s.shape[0]
-
-    loss = w_nat * F.cross_entropy(out_nat, y) + w_rob * F.cross_entropy(out_adv, y) \
-        + gamma * (kl(out_nat, t_nat) + kl(out_adv, t_adv))
+    loss = official_loss(out_nat, out_adv, t_nat, t_adv, y, w_nat=w_nat, w_rob=w_rob, gamma=gamma)
     opt.zero_grad()
     loss.backward()
-    for name, w in model.named_parameters():
-        if "linear" in name or "fc" in name:
-            continue
-        mag = np.abs(w.grad.detach().numpy())
-        w.grad[torch.from_numpy(mag < np.percentile(mag, p * 100))] = 0.0
+    official_conserve(model, p)
     opt.step()
     if revise:
-        a = min(1 - 1 / (step + 1), decay)
-        with torch.no_grad():
-            for tp, sp in zip(teacher.parameters(), model.parameters()):
-                tp.mul_(a).add_(sp, alpha=1 - a)
+        official_revise(teacher, model, step, decay)
 
 
 def test_a_trainer_step_equals_the_official_rgp_step(tmp_path):

@@ -67,6 +67,30 @@ def kl(student, teacher):
     return F.kl_div(F.log_softmax(student, dim=1), F.softmax(teacher, dim=1), reduction="sum") / student.shape[0]
 
 
+def official_loss(out_nat, out_adv, t_nat, t_adv, y, *, w_nat, w_rob, gamma):
+    """cure_loss_dual: weighted CE on x and x′ plus gamma times the KL to the teacher on both."""
+    return w_nat * F.cross_entropy(out_nat, y) + w_rob * F.cross_entropy(out_adv, y) \
+        + gamma * (kl(out_nat, t_nat) + kl(out_adv, t_adv))
+
+
+def official_conserve(model, p):
+    """The rgp mask: in every parameter tensor whose name has no linear / fc, gradients below the tensor's
+    ``p``-quantile of magnitude are zeroed (numpy's percentile, as the official code)."""
+    for name, w in model.named_parameters():
+        if "linear" in name or "fc" in name:
+            continue
+        mag = np.abs(w.grad.detach().numpy())
+        w.grad[torch.from_numpy(mag < np.percentile(mag, p * 100))] = 0.0
+
+
+def official_revise(teacher, model, global_step, decay):
+    """The teacher's EMA with the official warm-up min(1 − 1/(step + 1), decay)."""
+    a = min(1 - 1 / (global_step + 1), decay)
+    with torch.no_grad():
+        for tp, sp in zip(teacher.parameters(), model.parameters()):
+            tp.mul_(a).add_(sp, alpha=1 - a)
+
+
 def official_loop(model, batches, *, epochs, lr, weight_decay, eps, step_size, steps, seed, w_nat, w_rob, gamma, p,
                   decay, rate, coin_seed, revisions, official_order=True):
     teacher = copy.deepcopy(model)
@@ -88,23 +112,15 @@ def official_loop(model, batches, *, epochs, lr, weight_decay, eps, step_size, s
             else:  # robustrain's order: the objective's f(x′) first, then the term's f(x), t(x), t(x′)
                 out_adv = model(x_adv)
                 out_nat, t_nat, t_adv = model(x), teacher(x).detach(), teacher(x_adv).detach()
-            loss = w_nat * F.cross_entropy(out_nat, y) + w_rob * F.cross_entropy(out_adv, y) \
-                + gamma * (kl(out_nat, t_nat) + kl(out_adv, t_adv))
+            loss = official_loss(out_nat, out_adv, t_nat, t_adv, y, w_nat=w_nat, w_rob=w_rob, gamma=gamma)
             schedule.append(optimizer_schedule(opt))
             loss.backward()
-            for name, w in model.named_parameters():
-                if "linear" in name or "fc" in name:
-                    continue
-                mag = np.abs(w.grad.detach().numpy())
-                w.grad[torch.from_numpy(mag < np.percentile(mag, p * 100))] = 0.0
+            official_conserve(model, p)
             opt.step()
             global_step += 1
             if torch.rand(1, generator=coin) < rate:
                 revisions.append(global_step)
-                a = min(1 - 1 / (global_step + 1), decay)
-                with torch.no_grad():
-                    for tp, sp in zip(teacher.parameters(), model.parameters()):
-                        tp.mul_(a).add_(sp, alpha=1 - a)
+                official_revise(teacher, model, global_step, decay)
             yield opt
     return schedule
 
