@@ -49,6 +49,15 @@ def _predict(model: nn.Module, x: Tensor) -> Tensor:
         return model(x)
 
 
+def _clean_ranking(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Which points the model classifies correctly, and its classes by ascending clean logit (row by row). The
+    targeted attacks take target class ``rank`` from this one ranking; the official code recomputes the clean
+    logits of the still-robust points for every target class (the same values: each example is computed
+    independently of its batch, the premise of this module)."""
+    clean = _predict(model, x)
+    return clean.max(1)[1] == y, clean.sort(dim=1)[1]
+
+
 def _row_view(v: Tensor, ndim: int) -> Tensor:
     return v.view(-1, *([1] * (ndim - 1)))
 
@@ -211,7 +220,7 @@ def apgd_targeted(model: nn.Module, x: Tensor, y: Tensor, *, norm: str, eps: flo
     outcome of the official ``APGDAttack_targeted.perturb``."""
     _check_norm("APGD-T", norm, ("linf", "l2"))
     x = x.detach().float()
-    robust = _predict(model, x).max(1)[1] == y
+    robust, ranked = _clean_ranking(model, x, y)
     adv = x.clone()
     _seed_all(seed, x.device)
     for rank in range(2, target_classes + 2):
@@ -219,9 +228,9 @@ def apgd_targeted(model: nn.Module, x: Tensor, y: Tensor, *, norm: str, eps: flo
             todo = robust.nonzero().flatten()
             if todo.numel() == 0:
                 return adv
-            xt = x[todo]
-            target = _predict(model, xt).sort(dim=1)[1][:, -rank]
-            run = _ApgdRun(model, xt, y[todo], target, norm=norm, eps=eps, steps=steps, rho=rho, loss="dlr-targeted")
+            target = ranked[todo, -rank]
+            run = _ApgdRun(model, x[todo], y[todo], target, norm=norm, eps=eps, steps=steps, rho=rho,
+                           loss="dlr-targeted")
             robust[todo[run.broken]] = False
             adv[todo[run.broken]] = run.adv[run.broken]
     return adv
@@ -330,15 +339,14 @@ def fab_targeted(model: nn.Module, x: Tensor, y: Tensor, *, norm: str, eps: floa
         raise ConfigError(f"--backend fast: FAB-T runs 1 restart (the standard version), got {restarts}; use "
                           "--backend autoattack for more.")
     x = x.detach().float()
-    robust = _predict(model, x).max(1)[1] == y
+    robust, ranked = _clean_ranking(model, x, y)
     adv = x.clone()
     for rank in range(2, target_classes + 2):
         todo = robust.nonzero().flatten()
         if todo.numel() == 0:
             break
-        xt, yt = x[todo], y[todo]
-        target = _predict(model, xt).sort(dim=-1)[1][:, -rank]
-        broken, found = _fab_run(model, xt, yt, target, eps=eps, steps=steps, alpha_max=alpha_max, eta=eta, beta=beta)
+        broken, found = _fab_run(model, x[todo], y[todo], ranked[todo, -rank], eps=eps, steps=steps,
+                                 alpha_max=alpha_max, eta=eta, beta=beta)
         robust[todo[broken]] = False
         adv[todo[broken]] = found[broken]
     return adv
